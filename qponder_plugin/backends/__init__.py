@@ -1,0 +1,103 @@
+"""Inference backends: the interface every engine implements, and the registry fed by ``register_backends``."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from types import MappingProxyType
+
+from PIL import Image
+
+from ..hookspecs import hookimpl
+from ..scoring import TokenStep
+
+
+class BackendError(RuntimeError):
+    """The engine failed (could not load a model, ran out of memory, lost its server)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One image to score: the user prompt, an optional system prompt, and the assistant-turn prefix to continue."""
+
+    image: Image.Image
+    prompt: str
+    system: str | None = None
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer (without the prefix), token by token, and why generation stopped."""
+
+    text: str
+    steps: Sequence[TokenStep]
+    finish_reason: str  # "stop" | "length"
+
+    @classmethod
+    def from_pieces(cls, text: str, pieces: Sequence[str], logprobs: Sequence[Mapping[str, float]],
+                    finish_reason: str, decode_prefix: Callable[[int], str] | None = None) -> Completion:
+        """Build steps from per-token strings; ``decode_prefix(i)`` gives exact offsets when pieces split
+        multi-byte characters (then ``"".join(pieces) != text``)."""
+        offsets, position = [], 0
+        exact = "".join(pieces) == text
+        for index, piece in enumerate(pieces):
+            offsets.append(position if exact or decode_prefix is None else len(decode_prefix(index)))
+            position += len(piece)
+        return cls(text, [TokenStep(p, o, lp) for p, o, lp in zip(pieces, offsets, logprobs)], finish_reason)
+
+
+class Backend(ABC):
+    """A batched engine. ``generate`` returns, per request, either its ``n`` completions or the exception that
+    request alone raised; an exception escaping ``generate`` means the whole batch failed."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    def generate(self, requests: Sequence[Request], *, max_new_tokens: int, n: int = 1,
+                 temperature: float = 1.0) -> list[list[Completion] | BaseException]:
+        """Greedy decoding when ``n == 1``; ``n`` samples at ``temperature`` otherwise."""
+
+    def close(self) -> None:
+        """Release the model and its memory."""
+
+
+def lazy(target: str) -> Callable[..., Backend]:
+    """A factory that imports ``module:Class`` only when the backend is first used (keeps the core light)."""
+
+    def factory(*args, **kwargs) -> Backend:
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    factory.target = target
+    return factory
+
+
+@hookimpl
+def register_backends(register):
+    register("transformers", lazy("qponder_plugin.backends.hf:TransformersBackend"))
+
+
+@cache
+def get_backends() -> Mapping[str, Callable[..., Backend]]:
+    from ..plugins import collect
+
+    found: dict[str, Callable[..., Backend]] = {}
+
+    def register(name: str, factory: Callable[..., Backend]) -> None:
+        if name in found:
+            raise ValueError(f"backend {name!r} is already registered")
+        found[name] = factory
+
+    collect("register_backends", register=register)
+    return MappingProxyType(found)
+
+
+def create_backend(name: str, model: str, **options) -> Backend:
+    backends = get_backends()
+    if name not in backends:
+        raise BackendError(f"unknown backend {name!r}; installed: {', '.join(sorted(backends))}")
+    return backends[name](model, **options)

@@ -1,0 +1,141 @@
+"""The ``transformers`` backend: in-process, batched, the embedded default.
+
+Loads any hub id or local folder through ``AutoProcessor`` and ``AutoModelForImageTextToText`` (safetensors
+only; ``trust_remote_code`` off unless asked). Batches use left padding. Greedy decoding by default. Per-step
+digit log-probabilities are recorded by a logits processor while decoding, so memory does not grow with the
+vocabulary: a 7B model's full logits for 512 steps would not fit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+
+import torch
+from transformers import (AutoModelForImageTextToText, AutoProcessor, GenerationConfig, LogitsProcessor,
+                          LogitsProcessorList)
+
+from . import Backend, BackendError, Completion, Request
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str | None) -> str:
+    if device and device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, dtype: str | torch.dtype | None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype and dtype != "auto":
+        return getattr(torch, dtype)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def pick_attention(device: str, requested: str | None) -> str | None:
+    if requested:
+        return requested
+    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+class DigitRecorder(LogitsProcessor):
+    """Records, at every decoding step, the log-probability of each digit character ("0"–"9")."""
+
+    def __init__(self, tokenizer):
+        vocab = tokenizer.get_vocab()
+        groups: dict[str, list[int]] = {}
+        for token_id in vocab.values():
+            text = tokenizer.decode([token_id]).strip()
+            if len(text) == 1 and text.isdigit():
+                groups.setdefault(text, []).append(token_id)
+        self.digits = sorted(groups)
+        self.groups = groups
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logprobs = scores.float().log_softmax(-1)
+        per_digit = [logprobs[:, self.groups[d]].logsumexp(-1) for d in self.digits]
+        self.steps.append(torch.stack(per_digit, -1).cpu())
+        return scores
+
+    def step_logprobs(self, row: int, length: int) -> list[dict[str, float]]:
+        return [dict(zip(self.digits, self.steps[i][row].tolist())) for i in range(length)]
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None,
+                 trust_remote_code: bool = False, revision: str | None = None,
+                 attn_implementation: str | None = None):
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+        try:
+            self.processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code,
+                                                           revision=revision)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                model, dtype=self.dtype, trust_remote_code=trust_remote_code, revision=revision,
+                use_safetensors=True, attn_implementation=pick_attention(self.device, attn_implementation),
+            ).to(self.device).eval()
+        except (OSError, ValueError, ImportError) as exc:
+            raise BackendError(f"cannot load {model!r} with transformers: {exc}") from exc
+        if getattr(self.processor, "image_processor", None) is None:
+            raise BackendError(f"{model!r}: AutoProcessor returned a bare tokenizer, not an image processor; for "
+                               "Qwen2.5-VL install torchvision (pip install 'qponder-plugin[transformers]')")
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.recorder = DigitRecorder(self.tokenizer)
+        config = self.model.generation_config
+        self.eos_ids = {config.eos_token_id} if isinstance(config.eos_token_id, int) else set(config.eos_token_id or [])
+        self.eos_ids.add(self.tokenizer.eos_token_id)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+
+    def _text(self, request: Request) -> str:
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]})
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True) + request.prefix
+
+    def generate(self, requests: Sequence[Request], *, max_new_tokens: int, n: int = 1,
+                 temperature: float = 1.0) -> list[list[Completion] | BaseException]:
+        inputs = self.processor(text=[self._text(r) for r in requests], images=[r.image for r in requests],
+                                return_tensors="pt", padding=True).to(self.device)
+        sampling = n > 1
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=n,
+                                  temperature=temperature if sampling else None, top_k=None, top_p=None,
+                                  eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id)
+        self.recorder.steps = []
+        try:
+            with torch.inference_mode():
+                sequences = self.model.generate(**inputs, generation_config=config,
+                                                logits_processor=LogitsProcessorList([self.recorder]))
+        except torch.OutOfMemoryError as exc:
+            raise BackendError(f"out of memory on {self.device} for a batch of {len(requests)}; "
+                               "lower --batch-size or --max-pixels") from exc
+        generated = sequences[:, inputs["input_ids"].shape[1]:].tolist()
+        completions = [self._completion(row, ids) for row, ids in enumerate(generated)]
+        return [completions[i * n:(i + 1) * n] for i in range(len(requests))]
+
+    def _completion(self, row: int, ids: list[int]) -> Completion:
+        end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+        ids = ids if end is None else ids[:end]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        pieces = [self.tokenizer.decode([t], skip_special_tokens=True) for t in ids]
+        return Completion.from_pieces(text, pieces, self.recorder.step_logprobs(row, len(ids)),
+                                      "length" if end is None else "stop",
+                                      lambda i: self.tokenizer.decode(ids[:i], skip_special_tokens=True))
+
+    def close(self) -> None:
+        self.model = self.processor = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,165 @@
+"""The built-in commands: ``assess``, ``models`` and ``plugins``, registered through ``register_commands``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import click
+
+from .hookspecs import hookimpl
+from .images import DEFAULT_MAX_PIXELS
+
+_CSV_FIELDS = ("source", "status", "score", "normalized", "text_score", "score_std", "method", "mode", "model",
+               "profile", "error", "reasoning")
+
+
+@hookimpl
+def register_commands(cli):
+    for command in (assess_command, models_command, plugins_command):
+        cli.add_command(command)
+
+
+def _output_option(function):
+    function = click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row.")(function)
+    function = click.option("--json", "fmt", flag_value="json", help="JSON lines, one object per image.")(function)
+    return function
+
+
+def _format(fmt: str | None) -> str:
+    return fmt or ("table" if sys.stdout.isatty() else "json")
+
+
+@click.command("assess")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-m", "--model", help="Hub id, local folder or alias (see `qponder models`). Default: $QPONDER_MODEL.")
+@click.option("--profile", help="Model profile (prompt + parser); guessed from the model when omitted.")
+@click.option("--backend", help="Inference backend (default: transformers).")
+@click.option("--think/--no-think", default=True, show_default=True,
+              help="Reason before scoring, or read the score straight from one forward pass.")
+@click.option("--max-pixels", type=click.IntRange(min=784), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Downscale larger images to this many pixels (aspect ratio kept).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("-n", "--samples", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Sample n answers and report their mean and std (default: one greedy answer).")
+@click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
+              help="Sampling temperature when --samples > 1.")
+@click.option("--device", help="cpu, cuda, cuda:1, mps ... (default: best available).")
+@click.option("--dtype", help="float32, bfloat16, float16 (default: bfloat16 on CUDA, else float32).")
+@_output_option
+def assess_command(images, model, profile, backend, think, max_pixels, batch_size, max_new_tokens, samples,
+                   temperature, device, dtype, fmt):
+    """Score IMAGES (files or folders) and print reasoning plus a 1–5 score for each.
+
+    Exit status: 0 when every image was scored, 1 when some failed, 2 on a usage error.
+    """
+    from .backends import BackendError
+    from .images import iter_image_files
+    from .scorer import ModelNotFoundError, Scorer
+
+    paths = list(iter_image_files(images))
+    if not paths:
+        raise click.UsageError("no image files found in the given folders")
+    options = {k: v for k, v in {"device": device, "dtype": dtype}.items() if v}
+    try:
+        scorer = Scorer(model, backend=backend, profile=profile, max_pixels=max_pixels, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens, **options)
+    except (ModelNotFoundError, BackendError, KeyError, TypeError) as exc:
+        raise click.UsageError(str(exc).strip("'\"")) from exc
+    with scorer:
+        results = scorer.iter_assess(paths, think=think, n=samples, temperature=temperature)
+        failed = _emit(_with_progress(results, len(paths)), _format(fmt))
+    sys.exit(1 if failed else 0)
+
+
+def _with_progress(results, total: int):
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    if total <= 3 or not console.is_terminal:
+        yield from results
+        return
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("assessing", total=total)
+        for result in results:
+            progress.advance(task)
+            yield result
+
+
+def _emit(results, fmt: str) -> int:
+    """Write results as they arrive (json/csv) or as one table; return how many failed."""
+    failed = 0
+    if fmt == "table":
+        rows = list(results)
+        _print_table(rows)
+        return sum(not r.ok for r in rows)
+    writer = csv.DictWriter(sys.stdout, _CSV_FIELDS, extrasaction="ignore") if fmt == "csv" else None
+    if writer:
+        writer.writeheader()
+    for result in results:
+        failed += not result.ok
+        if writer:
+            writer.writerow(result.to_dict())
+        else:
+            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        sys.stdout.flush()
+    return failed
+
+
+def _print_table(rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for column, style in (("image", "cyan"), ("score", "bold"), ("status", None), ("reasoning / error", None)):
+        table.add_column(column, style=style, overflow="fold")
+    for r in rows:
+        score = f"{r.score:.2f}" + (f" ± {r.score_std:.2f}" if r.score_std is not None else "") if r.ok else "—"
+        status = "[green]ok[/]" if r.ok else f"[red]{r.status}[/]"
+        table.add_row(r.source, score, status, (r.reasoning or "") if r.ok else (r.error or ""))
+    console = Console()
+    console.print(table)
+    scores = [r.score for r in rows if r.ok]
+    mean = f", mean score {sum(scores) / len(scores):.2f}" if scores else ""
+    console.print(f"{len(rows)} images: {len(scores)} ok, {len(rows) - len(scores)} failed{mean}"
+                  f" — model {rows[0].model}, profile {rows[0].profile}, {rows[0].mode}")
+
+
+@click.command("models")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def models_command(as_json):
+    """List the known checkpoints (by alias) and the model profiles."""
+    from .profiles import get_profiles
+    from .scorer import list_models
+
+    models = [vars(m) for m in list_models()]
+    profiles = [{"name": p.name, "description": p.description, "score_range": list(p.score_range)}
+                for p in get_profiles().values()]
+    if as_json:
+        click.echo(json.dumps({"models": models, "profiles": profiles}, indent=2))
+        return
+    click.echo("Checkpoints (pass the alias or the hub id as --model):")
+    for m in models:
+        click.echo(f"  {m['alias']:<26} {m['model_id']:<36} profile: {m['profile']}")
+    click.echo("\nProfiles (--profile):")
+    for p in profiles:
+        click.echo(f"  {p['name']:<22} {p['description']}")
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def plugins_command(as_json):
+    """List loaded plugins, the hooks they implement, and any that failed."""
+    from .plugins import DISABLE_ENV, get_plugins
+
+    infos = [vars(info) for info in get_plugins().info.values()]
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    for info in infos:
+        line = f"{info['name']:<34} {info['origin']:<24} {info['status']:<9} {', '.join(info['hooks'])}"
+        click.echo(line + (f"\n    error: {info['error']}" if info["error"] else ""))
+    click.echo(f"\nSet {DISABLE_ENV}=1 to switch off third-party plugins.")

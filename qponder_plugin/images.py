@@ -1,0 +1,212 @@
+"""One loader for every image input (rule 4 of the house): every backend receives the same pixels.
+
+Accepted: a path, bytes, a binary file object, a PIL image, a numpy array (HWC or CHW; uint8, uint16, bool or
+float; gray, gray+alpha, RGB or RGBA), a torch tensor (including a ComfyUI ``[B,H,W,C]`` float batch in 0..1),
+or anything a plugin's image loader turns into one of those. The result is an 8-bit RGB PIL image with EXIF
+orientation applied, alpha flattened onto white, and at most ``max_pixels`` pixels (aspect ratio kept).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Iterable, Iterator
+from functools import cache
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# 1280 * 28 * 28: the usual Qwen2.5-VL budget (1,280 visual tokens).
+DEFAULT_MAX_PIXELS = 1_003_520
+
+ImageSource = Any  # path | bytes | file object | PIL.Image | np.ndarray | torch.Tensor
+
+
+class ImageError(ValueError):
+    """An input could not be turned into an image; the message says why, in words a user understands."""
+
+
+def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Return ``source`` as an 8-bit RGB image of at most ``max_pixels`` pixels, or raise :class:`ImageError`."""
+    for loader in _plugin_loaders():
+        converted = loader(source)
+        if converted is not None:
+            source = converted
+            break
+    if isinstance(source, Image.Image):
+        return _finish(source, max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        return _load_path(os.fspath(source), max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _load_file(io.BytesIO(bytes(source)), "bytes", max_pixels)
+    if hasattr(source, "read"):
+        return _load_file(source, describe(source), max_pixels)
+    if _is_tensor(source):
+        source = _tensor_to_numpy(source)
+    if isinstance(source, np.ndarray):
+        return _finish(_from_array(source), max_pixels)
+    raise ImageError(f"unsupported input type {type(source).__name__}: pass a path, bytes, a PIL image, "
+                     "a numpy array or a torch tensor")
+
+
+def expand(images: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
+    """Turn one input, a list of inputs, or a 4-D batch (ComfyUI ``[B,H,W,C]``) into a list of single inputs."""
+    if _is_tensor(images) or isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return [images[i] for i in range(images.shape[0])]
+        return [images]
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or hasattr(images, "read"):
+        return [images]
+    return list(images)
+
+
+def describe(source: ImageSource) -> str:
+    """A short label for an input, used as ``Assessment.source``."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    name = getattr(source, "name", None)
+    if isinstance(name, str):
+        return name
+    shape = getattr(source, "shape", None)
+    if shape is not None:
+        return f"<{type(source).__name__} {'x'.join(str(int(s)) for s in shape)}>"
+    if isinstance(source, Image.Image):
+        return f"<PIL {source.mode} {source.width}x{source.height}>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return f"<{type(source).__name__}>"
+
+
+@cache
+def _plugin_loaders() -> tuple:
+    from .plugins import collect
+
+    loaders: list = []
+    collect("register_image_loaders", register=loaders.append)
+    return tuple(loaders)
+
+
+def _load_path(path: str, max_pixels: int | None) -> Image.Image:
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a directory, not an image")
+    with open(path, "rb") as handle:
+        return _load_file(handle, path, max_pixels)
+
+
+def _load_file(handle, name: str, max_pixels: int | None) -> Image.Image:
+    try:
+        image = Image.open(handle)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not an image, or a format Pillow cannot read") from exc
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{name}: cannot be opened ({exc})") from exc
+    try:
+        with image:
+            if image.format == "JPEG" and max_pixels:
+                # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: a 24 MP photo never lands in memory whole.
+                image.draft("RGB", _fit(image.size, max_pixels))
+            image.load()
+            return _finish(image, max_pixels)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{name}: corrupt or truncated image data ({exc})") from exc
+
+
+def _fit(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    width, height = size
+    scale = min(1.0, math.sqrt(max_pixels / (width * height)))
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def _finish(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    if image.width == 0 or image.height == 0:
+        raise ImageError(f"empty image ({image.width}x{image.height})")
+    image = ImageOps.exif_transpose(image) if image.getexif() else image
+    image = _to_rgb(image)
+    if max_pixels and image.width * image.height > max_pixels:
+        image = image.resize(_fit(image.size, max_pixels), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
+        return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
+    if mode == "P" and "transparency" in image.info or mode in {"RGBA", "LA", "PA", "La", "RGBa"}:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale any numeric array to uint8: floats in 0..1 (or 0..255), 16-bit integers, booleans."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError("image array contains NaN or infinite values")
+        peak = float(array.max()) if array.size else 0.0
+        scale = 255.0 if peak <= 1.0 else 1.0
+        return np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        peak = int(array.max()) if array.size else 0
+        if array.dtype == np.uint16 or peak > 255:
+            return np.clip(array // 257, 0, 255).astype(np.uint8)
+        return np.clip(array, 0, 255).astype(np.uint8)
+    raise ImageError(f"unsupported array dtype {array.dtype}")
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # CHW -> HWC
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 4:
+        raise ImageError(f"got a batch of {array.shape[0]} images; pass it to assess_batch, or one image at a time")
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (2, 3, 4)):
+        raise ImageError(f"array of shape {tuple(array.shape)} is not an image (expected HxW, HxWxC or CxHxW)")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError(f"empty image array of shape {tuple(array.shape)}")
+    return Image.fromarray(np.ascontiguousarray(_to_uint8(array)))  # L, LA, RGB or RGBA by channel count
+
+
+def _is_tensor(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
+def _tensor_to_numpy(tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point():
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def iter_image_files(paths: Iterable[str], recursive: bool = True) -> Iterator[str]:
+    """Expand directories into the image files under them (sorted); plain files pass through unchanged."""
+    extensions = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    for path in paths:
+        if os.path.isdir(path):
+            walker = os.walk(path) if recursive else [(path, [], os.listdir(path))]
+            for root, dirs, files in walker:
+                dirs.sort()
+                for name in sorted(files):
+                    if os.path.splitext(name)[1].lower() in extensions:
+                        yield os.path.join(root, name)
+        else:
+            yield path

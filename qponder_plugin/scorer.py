@@ -1,0 +1,214 @@
+"""The reusable :class:`Scorer`: one loaded model, a profile, and the batch loop that never lets one bad item
+fail the rest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backends import Backend, BackendError, Completion, Request, create_backend
+from .images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, describe, expand, load_image
+from .plugins import notify_assessed
+from .profiles import Profile, get_profile, get_profiles, profile_for_model
+from .result import Assessment
+from .scoring import TokenStep, expected_score
+
+log = logging.getLogger(__name__)
+
+MODEL_ENV = "QPONDER_MODEL"
+DEFAULT_BACKEND = "transformers"
+MODEL_CARD = "qponder.json"  # optional file in a checkpoint folder: {"profile": "..."}
+
+
+class ModelNotFoundError(ValueError):
+    """No model was named, or the name is not a known alias, hub id or folder."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    alias: str
+    model_id: str
+    profile: str
+
+
+def list_models() -> list[ModelInfo]:
+    """Known public checkpoints (from the registered profiles), usable by alias."""
+    return [ModelInfo(alias, hub_id, profile.name)
+            for profile in get_profiles().values() for alias, hub_id in profile.checkpoints.items()]
+
+
+def resolve_model(model: str | os.PathLike | None) -> tuple[str, str | None]:
+    """Return ``(model id or folder, profile declared by the checkpoint or alias)``."""
+    model = os.fspath(model) if model is not None else os.environ.get(MODEL_ENV)
+    if not model:
+        raise ModelNotFoundError(
+            f"no model given: pass model=... (or --model), or set {MODEL_ENV}. Use a hub id such as "
+            "TianheWu/VisualQuality-R1-7B, a local checkpoint folder, or an alias from `qponder models`.")
+    for info in list_models():
+        if info.alias == model.lower():
+            return info.model_id, info.profile
+    card = Path(model) / MODEL_CARD
+    if card.is_file():
+        return model, json.loads(card.read_text()).get("profile")
+    return model, None
+
+
+class Scorer:
+    """A loaded model that scores images; reuse it, and close it (or use ``with``) to free the model.
+
+    >>> with load_scorer("TianheWu/VisualQuality-R1-7B") as scorer:   # doctest: +SKIP
+    ...     print(scorer.assess("photo.jpg").score)
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, backend: str | None = None,
+                 profile: str | Profile | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 batch_size: int = 8, max_new_tokens: int = 512, **backend_options):
+        self.model_id, declared = resolve_model(model)
+        if isinstance(profile, Profile):
+            self.profile = profile
+        else:
+            name = profile or declared
+            self.profile = get_profile(name) if name else profile_for_model(self.model_id)
+        self.backend_name = backend or DEFAULT_BACKEND
+        self.max_pixels, self.batch_size, self.max_new_tokens = max_pixels, max(1, batch_size), max_new_tokens
+        self.backend: Backend | None = create_backend(self.backend_name, self.model_id, **backend_options)
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def __repr__(self) -> str:
+        return f"Scorer(model={self.model_id!r}, profile={self.profile.name!r}, backend={self.backend_name!r})"
+
+    def assess(self, image: ImageSource, **options) -> Assessment:
+        return self.assess_batch([image], **options)[0]
+
+    def assess_batch(self, images: ImageSource | Iterable[ImageSource], **options) -> list[Assessment]:
+        return list(self.iter_assess(images, **options))
+
+    def iter_assess(self, images: ImageSource | Iterable[ImageSource], *, think: bool = True, n: int = 1,
+                    temperature: float = 1.0) -> Iterator[Assessment]:
+        """Yield one :class:`Assessment` per input, in input order, as soon as its window is scored.
+
+        Inputs are read in windows of a few batches; within a window, images of similar size are batched
+        together (less padding), and loading runs in threads while nothing else is waiting on it.
+        """
+        if self.backend is None:
+            raise BackendError("this scorer is closed")
+        items = expand(images)
+        window = self.batch_size * 4
+        with ThreadPoolExecutor(max_workers=min(4, window)) as pool:
+            for begin in range(0, len(items), window):
+                chunk = items[begin:begin + window]
+                loaded = list(pool.map(self._load, chunk))
+                yield from self._score_window(loaded, think=think, n=n, temperature=temperature)
+
+    def _load(self, source: ImageSource) -> tuple[Assessment, object]:
+        started = time.perf_counter()
+        base = Assessment(source=describe(source), model=self.model_id, profile=self.profile.name,
+                          backend=self.backend_name)
+        try:
+            image = load_image(source, max_pixels=self.max_pixels)
+        except ImageError as exc:
+            base.status, base.error, image = "image_error", str(exc), None
+        base.timings["load_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        return base, image
+
+    def _score_window(self, loaded: list[tuple[Assessment, object]], **options) -> Iterator[Assessment]:
+        order = sorted((i for i, (_, image) in enumerate(loaded) if image is not None),
+                       key=lambda i: loaded[i][1].width * loaded[i][1].height)
+        for begin in range(0, len(order), self.batch_size):
+            batch = order[begin:begin + self.batch_size]
+            self._score_batch([loaded[i] for i in batch], **options)
+        for assessment, _ in loaded:
+            notify_assessed(assessment)
+            yield assessment
+
+    def _score_batch(self, batch: list[tuple[Assessment, object]], *, think: bool, n: int,
+                     temperature: float) -> None:
+        prompt, prefix = self.profile.prompt(think), "" if think else self.profile.answer_prefix
+        requests = [Request(image, prompt, self.profile.system_prompt, prefix) for _, image in batch]
+        started = time.perf_counter()
+        try:
+            results = self.backend.generate(requests, max_new_tokens=self._budget(think), n=n,
+                                            temperature=temperature)
+        except Exception as exc:  # the whole batch failed: retry one by one so a single bad item stays alone
+            if len(requests) == 1:
+                results = [exc]
+            else:
+                log.warning("batch of %d failed (%s); retrying items one by one", len(requests), exc)
+                for item in batch:
+                    self._score_batch([item], think=think, n=n, temperature=temperature)
+                return
+        per_item_ms = round((time.perf_counter() - started) * 1000 / len(batch), 2)
+        for (assessment, _), result in zip(batch, results):
+            assessment.mode = "think" if think else "no-think"
+            assessment.timings["infer_ms"] = per_item_ms
+            if isinstance(result, BaseException):
+                assessment.status, assessment.error = "backend_error", f"{type(result).__name__}: {result}"
+            else:
+                self._read(assessment, result, prefix)
+
+    def _budget(self, think: bool) -> int:
+        # No-think: one prefill pass, then the digit, the point and two decimals ("3.72"); nothing else is read.
+        return self.max_new_tokens if think else min(self.max_new_tokens, 4)
+
+    def _read(self, assessment: Assessment, completions: Sequence[Completion], prefix: str) -> None:
+        """Fill ``assessment`` from one or more completions of the same request."""
+        readings = [self._read_one(c, prefix) for c in completions]
+        good = [r for r in readings if r["error"] is None]
+        first = good[0] if good else readings[0]
+        assessment.raw, assessment.reasoning = first["raw"], first["reasoning"]
+        assessment.finish_reason = first["finish_reason"]
+        if not good:
+            assessment.status, assessment.error = "parse_error", first["error"]
+            return
+        if len(completions) == 1:
+            assessment.score, assessment.method = first["score"], first["method"]
+            assessment.text_score, assessment.clamped = first["text_score"], first["clamped"]
+        else:
+            assessment.samples = [r["score"] for r in good]
+            assessment.score = statistics.fmean(assessment.samples)
+            assessment.score_std = statistics.pstdev(assessment.samples)
+            assessment.text_score = statistics.fmean(r["text_score"] for r in good)
+            assessment.clamped, assessment.method = any(r["clamped"] for r in good), "sampling"
+            if len(good) < len(readings):
+                assessment.error = f"{len(readings) - len(good)} of {len(readings)} samples did not parse"
+        assessment.normalized = round((assessment.score - 1.0) / 4.0, 4)
+
+    def _read_one(self, completion: Completion, prefix: str) -> dict:
+        raw = prefix + completion.text
+        parsed = self.profile.parse(raw)
+        reading = {"raw": raw, "reasoning": parsed.reasoning, "finish_reason": completion.finish_reason,
+                   "error": parsed.error}
+        if parsed.value is None:
+            if completion.finish_reason == "length":
+                reading["error"] = (f"output stopped at the max_new_tokens budget before a complete answer "
+                                    f"({parsed.error}); raise max_new_tokens")
+            return reading
+        text_score, clamped = self.profile.to_scale(parsed.value)
+        steps = [TokenStep(s.text, s.offset + len(prefix), s.logprobs) for s in completion.steps]
+        low, high = self.profile.score_range
+        native = expected_score(steps, raw, parsed.start, low, high)
+        score = self.profile.to_scale(native)[0] if native is not None else text_score
+        return {**reading, "score": round(score, 4), "text_score": round(text_score, 4), "clamped": clamped,
+                "method": "probability" if native is not None else "text"}
+
+
+def load_scorer(model: str | os.PathLike | None = None, *, backend: str | None = None, **options) -> Scorer:
+    """Load ``model`` once and return a reusable :class:`Scorer` (a context manager that frees the model)."""
+    return Scorer(model, backend=backend, **options)

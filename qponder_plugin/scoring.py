@@ -1,0 +1,70 @@
+"""Reading a deterministic score from the model's token probabilities.
+
+The score is an expected value, not a sampled string. At the answer, the model's next-token distribution over
+the digits of the scale (1–5) gives ``E[first digit] = Σ p(d)·d``; the distribution over the tenths digit
+(0–9) at the position after the decimal point refines it by ``E[tenths]/10``. The tenths distribution is read
+on the greedy path (after the most likely first digit), i.e. we assume the fraction does not depend on the
+first digit; the result is clamped to the scale. For an integer answer (``<answer>4</answer>``) only the first
+term applies. A greedy answer ``3.72`` whose first digit carries p=0.8 and ``4`` p=0.2 thus scores about 3.9,
+and two images the greedy text ties at ``4`` are still ranked by the model's confidence.
+
+This needs one token per digit, which holds for Qwen-family tokenizers (digits are split individually) and for
+our own. When the digits are not tokens of their own, or a backend gives no log-probabilities, the caller falls
+back to the parsed text score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TokenStep:
+    """One generated token: its text, its character offset in the completion, and log-probs of alternatives."""
+
+    text: str
+    offset: int
+    logprobs: Mapping[str, float]
+
+
+def digit_distribution(logprobs: Mapping[str, float], digits: Sequence[int]) -> dict[int, float] | None:
+    """Probabilities of ``digits`` at one step, renormalised over those digits (None if none is present)."""
+    mass: dict[int, float] = {}
+    for token, logprob in logprobs.items():
+        stripped = token.strip()
+        if len(stripped) == 1 and stripped.isdigit() and int(stripped) in digits:
+            mass[int(stripped)] = mass.get(int(stripped), 0.0) + math.exp(logprob)
+    total = sum(mass.values())
+    return {d: p / total for d, p in mass.items()} if total > 0 else None
+
+
+def expected_score(steps: Sequence[TokenStep], text: str, start: int, low: float, high: float) -> float | None:
+    """Expected score for the number at ``text[start:]``, or None if the probabilities cannot be read."""
+    if high >= 10 or low < 0:
+        return None  # multi-digit scales are not read digit by digit
+    first = _step_at(steps, start)
+    if first is None or first.text.strip() != text[start]:
+        return None
+    firsts = digit_distribution(first.logprobs, range(math.floor(low), math.floor(high) + 1))
+    if firsts is None:
+        return None
+    score = sum(d * p for d, p in firsts.items())
+    if text[start + 1:start + 2] == "." and text[start + 2:start + 3].isdigit():
+        tenth = _step_at(steps, start + 2)
+        tenths = digit_distribution(tenth.logprobs, range(10)) if tenth is not None else None
+        if tenths is not None and tenth.text.strip() == text[start + 2]:
+            score += sum(d * p for d, p in tenths.items()) / 10
+    return min(max(score, low), high)
+
+
+def _step_at(steps: Sequence[TokenStep], offset: int) -> TokenStep | None:
+    """The step whose token's first non-space character sits at ``offset``."""
+    for step in steps:
+        lead = len(step.text) - len(step.text.lstrip())
+        if step.offset + lead == offset and step.text.strip():
+            return step
+        if step.offset > offset:
+            break
+    return None
