@@ -153,8 +153,12 @@ def models_command(as_json):
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 def plugins_command(as_json):
     """List loaded plugins, the hooks they implement, and any that failed."""
+    from .backends import get_backends
+    from .images import plugin_loaders
     from .plugins import DISABLE_ENV, get_plugins
+    from .profiles import get_profiles
 
+    get_profiles(), get_backends(), plugin_loaders()  # run every collector, so failing hooks show up below
     infos = [vars(info) for info in get_plugins().info.values()]
     if as_json:
         click.echo(json.dumps(infos, indent=2))

@@ -30,8 +30,14 @@ class ImageError(ValueError):
 
 def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Return ``source`` as an 8-bit RGB image of at most ``max_pixels`` pixels, or raise :class:`ImageError`."""
-    for loader in _plugin_loaders():
-        converted = loader(source)
+    for loader in plugin_loaders():
+        try:
+            converted = loader(source)
+        except ImageError:
+            raise
+        except Exception as exc:  # a plugin's bug is this item's error, not the batch's
+            name = f"{loader.__module__}.{getattr(loader, '__qualname__', loader)}"
+            raise ImageError(f"{describe(source)}: image loader {name} failed ({type(exc).__name__}: {exc})") from exc
         if converted is not None:
             source = converted
             break
@@ -80,7 +86,7 @@ def describe(source: ImageSource) -> str:
 
 
 @cache
-def _plugin_loaders() -> tuple:
+def plugin_loaders() -> tuple:
     from .plugins import collect
 
     loaders: list = []
@@ -105,7 +111,7 @@ def _load_file(handle, name: str, max_pixels: int | None) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not an image, or a format Pillow cannot read") from exc
     except (OSError, ValueError) as exc:
-        raise ImageError(f"{name}: cannot be opened ({exc})") from exc
+        raise ImageError(f"{name}: corrupt or truncated image data ({exc})") from exc
     try:
         with image:
             if image.format == "JPEG" and max_pixels:

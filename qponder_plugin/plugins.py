@@ -56,7 +56,7 @@ class Plugins:
     def _report(self, name: str, message: str) -> None:
         info = self.info.setdefault(name, PluginInfo(name, "unknown"))
         info.status, info.error = "error", message
-        warnings.warn(f"qponder plugin {name!r}: {message}", PluginWarning, stacklevel=3)
+        warnings.warn(f"qponder plugin {name!r}: {message}", PluginWarning, stacklevel=2)
 
 
 def _disabled_names() -> set[str] | None:

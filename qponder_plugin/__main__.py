@@ -1,0 +1,5 @@
+"""``python -m qponder_plugin``: the ``qponder`` command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,25 @@
+import os
+
+import pytest
+
+# Nothing in the tests may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.pop("QPONDER_MODEL", None)
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory):
+    """The trained tiny Qwen2.5-VL (scores brightness), built offline once per test session."""
+    pytest.importorskip("transformers", reason="needs the transformers extra")
+    from qponder_plugin.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "qponder-smoke")
+
+
+@pytest.fixture(scope="session")
+def scorer(smoke_model):
+    from qponder_plugin import load_scorer
+
+    with load_scorer(smoke_model, batch_size=4) as scorer:
+        yield scorer
