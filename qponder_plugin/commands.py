@@ -24,6 +24,8 @@ def register_commands(cli):
 def _output_option(function):
     function = click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row.")(function)
     function = click.option("--json", "fmt", flag_value="json", help="JSON lines, one object per image.")(function)
+    function = click.option("--table", "fmt", flag_value="table",
+                            help="A table (the default on a terminal; JSON lines otherwise).")(function)
     return function
 
 

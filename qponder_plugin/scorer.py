@@ -77,8 +77,10 @@ class Scorer:
             name = profile or declared
             self.profile = get_profile(name) if name else profile_for_model(self.model_id)
         self.backend_name = backend or DEFAULT_BACKEND
-        self.max_pixels, self.batch_size, self.max_new_tokens = max_pixels, max(1, batch_size), max_new_tokens
+        self.batch_size, self.max_new_tokens = max(1, batch_size), max_new_tokens
         self.backend: Backend | None = create_backend(self.backend_name, self.model_id, **backend_options)
+        budgets = [b for b in (max_pixels, self.backend.max_pixels) if b]
+        self.max_pixels = min(budgets) if budgets else None  # shrink early (JPEG draft), not in the processor
 
     def __enter__(self) -> Scorer:
         return self
@@ -164,8 +166,8 @@ class Scorer:
                 self._read(assessment, result, prefix)
 
     def _budget(self, think: bool) -> int:
-        # No-think: one prefill pass, then the digit, the point and two decimals ("3.72"); nothing else is read.
-        return self.max_new_tokens if think else min(self.max_new_tokens, 4)
+        # No-think: one prefill pass, then the first digit, the point and the tenths digit: all the score reads.
+        return self.max_new_tokens if think else min(self.max_new_tokens, 3)
 
     def _read(self, assessment: Assessment, completions: Sequence[Completion], prefix: str) -> None:
         """Fill ``assessment`` from one or more completions of the same request."""

@@ -29,13 +29,19 @@ CHAT_TEMPLATE = (
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_BANDS = (  # brightness upper bound -> reasoning variants
-    (0.3, ["The image is very dark and underexposed; shadows swallow the detail.",
-           "Exposure is far too low, so the picture looks murky and dark."]),
-    (0.7, ["The image has moderate exposure; detail is visible but the tones are flat.",
-           "Brightness is middling, neither dark nor bright."]),
-    (1.01, ["The image is bright and well exposed; tones look clean.",
-            "Exposure is high and the picture looks clear and bright."]),
+_BANDS = (  # brightness upper bound -> exposure findings
+    (0.3, ["Exposure: the image is very dark and underexposed; shadows swallow most of the detail.",
+           "Exposure: far too low, so the picture looks murky and dark and midtones are crushed."]),
+    (0.7, ["Exposure: moderate; detail is visible but the tones are flat and a little dull.",
+           "Exposure: middling brightness, neither dark nor bright, with limited tonal range."]),
+    (1.01, ["Exposure: bright and well exposed; highlights and midtones look clean.",
+            "Exposure: high, and the picture looks clear and bright with open shadows."]),
+)
+_OTHER_ASPECTS = (  # the smoke images are flat, lightly noisy fields: these findings hold for all of them
+    ["Sharpness: there are no edges or fine textures to judge.", "Sharpness: no structure, so focus cannot be judged."],
+    ["Noise: a faint, even grain covers the flat regions.", "Noise: slight uniform grain, no blocking artifacts."],
+    ["Colour: a nearly neutral tint with low saturation.", "Colour: close to grey, with a weak colour cast."],
+    ["Overall, brightness decides the score.", "Overall, the exposure level drives the verdict."],
 )
 _CORPUS = ("Image quality depends on sharpness, noise, exposure, colour, contrast, artifacts and composition. "
            "The picture looks blurry, sharp, noisy, clean, dark, bright, flat, vivid, washed out, well exposed. "
@@ -51,8 +57,9 @@ def completion_for(brightness: float, think: bool, rng: random.Random) -> str:
     answer = f"<answer>{brightness_score(brightness):.2f}</answer>"
     if not think:
         return answer
-    reasons = next(variants for bound, variants in _BANDS if brightness < bound)
-    return f"<think>{rng.choice(reasons)}</think>{answer}"
+    exposure = next(variants for bound, variants in _BANDS if brightness < bound)
+    findings = [rng.choice(exposure)] + [rng.choice(variants) for variants in _OTHER_ASPECTS]
+    return f"<think>{' '.join(findings)}</think>{answer}"
 
 
 def solid_image(brightness: float, size: int = IMAGE_SIDE, seed: int = 0):

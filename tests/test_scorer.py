@@ -62,7 +62,9 @@ def test_deterministic_by_default(scorer):
 def test_sampling_is_opt_in_and_reports_spread(scorer):
     result = scorer.assess(solid_image(0.6, 100, seed=6), n=4, temperature=1.5)
     assert result.ok and result.method == "sampling"
-    assert len(result.samples) == 4
+    failed = 4 - len(result.samples)  # a sample that does not parse is reported, never replaced
+    assert len(result.samples) >= 2
+    assert (result.error is None) if failed == 0 else (result.error == f"{failed} of 4 samples did not parse")
     assert result.score == pytest.approx(np.mean(result.samples))
     assert result.score_std == pytest.approx(np.std(result.samples))
 
@@ -89,11 +91,11 @@ def test_truncated_reasoning_gets_a_clear_status(smoke_model):
 
 
 class PoisonedBackend(TransformersBackend):
-    """The real backend, made to fail (as an engine error would) whenever a 77-pixel-wide image is in the batch:
+    """The real backend, made to fail (as an engine error would) whenever an all-black image is in the batch:
     a deterministic stand-in for a CUDA OOM or a crashed kernel, which cannot be provoked on purpose here."""
 
     def generate(self, requests, **options):
-        if any(r.image.width == 77 for r in requests):
+        if any(r.image.getextrema() == ((0, 0),) * 3 for r in requests):
             raise RuntimeError("engine failure")
         return super().generate(requests, **options)
 

@@ -55,6 +55,7 @@ class Backend(ABC):
     request alone raised; an exception escaping ``generate`` means the whole batch failed."""
 
     name: str = "backend"
+    max_pixels: int | None = None  # the engine's own image budget: the core loader never hands it more pixels
 
     @abstractmethod
     def generate(self, requests: Sequence[Request], *, max_new_tokens: int, n: int = 1,

@@ -49,6 +49,14 @@ def pick_attention(device: str, requested: str | None) -> str | None:
     return "sdpa"
 
 
+def pixel_budget(image_processor) -> int | None:
+    """The most pixels a Qwen2-VL-style processor keeps (it resizes anything larger down to this)."""
+    if not hasattr(image_processor, "merge_size"):
+        return None
+    budget = getattr(image_processor, "max_pixels", None) or getattr(image_processor.size, "longest_edge", None)
+    return int(budget) if budget else None
+
+
 class DigitRecorder(LogitsProcessor):
     """Records, at every decoding step, the log-probability of each digit character ("0"–"9")."""
 
@@ -93,6 +101,7 @@ class TransformersBackend(Backend):
         if getattr(self.processor, "image_processor", None) is None:
             raise BackendError(f"{model!r}: AutoProcessor returned a bare tokenizer, not an image processor; for "
                                "Qwen2.5-VL install torchvision (pip install 'qponder-plugin[transformers]')")
+        self.max_pixels = pixel_budget(self.processor.image_processor)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.recorder = DigitRecorder(self.tokenizer)
