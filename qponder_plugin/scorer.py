@@ -18,7 +18,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, describe, expan
 from .plugins import notify_assessed
 from .profiles import Profile, get_profile, get_profiles, profile_for_model
 from .result import Assessment
-from .scoring import TokenStep, expected_score
+from .scoring import read_completion
 
 log = logging.getLogger(__name__)
 
@@ -171,44 +171,25 @@ class Scorer:
 
     def _read(self, assessment: Assessment, completions: Sequence[Completion], prefix: str) -> None:
         """Fill ``assessment`` from one or more completions of the same request."""
-        readings = [self._read_one(c, prefix) for c in completions]
-        good = [r for r in readings if r["error"] is None]
+        readings = [read_completion(self.profile, c, prefix) for c in completions]
+        good = [r for r in readings if r.error is None]
         first = good[0] if good else readings[0]
-        assessment.raw, assessment.reasoning = first["raw"], first["reasoning"]
-        assessment.finish_reason = first["finish_reason"]
+        assessment.raw, assessment.reasoning, assessment.finish_reason = first.raw, first.reasoning, first.finish_reason
         if not good:
-            assessment.status, assessment.error = "parse_error", first["error"]
+            assessment.status, assessment.error = "parse_error", first.error
             return
         if len(completions) == 1:
-            assessment.score, assessment.method = first["score"], first["method"]
-            assessment.text_score, assessment.clamped = first["text_score"], first["clamped"]
+            assessment.score, assessment.method = first.score, first.method
+            assessment.text_score, assessment.clamped = first.text_score, first.clamped
         else:
-            assessment.samples = [r["score"] for r in good]
+            assessment.samples = [r.score for r in good]
             assessment.score = statistics.fmean(assessment.samples)
             assessment.score_std = statistics.pstdev(assessment.samples)
-            assessment.text_score = statistics.fmean(r["text_score"] for r in good)
-            assessment.clamped, assessment.method = any(r["clamped"] for r in good), "sampling"
+            assessment.text_score = statistics.fmean(r.text_score for r in good)
+            assessment.clamped, assessment.method = any(r.clamped for r in good), "sampling"
             if len(good) < len(readings):
                 assessment.error = f"{len(readings) - len(good)} of {len(readings)} samples did not parse"
         assessment.normalized = round((assessment.score - 1.0) / 4.0, 4)
-
-    def _read_one(self, completion: Completion, prefix: str) -> dict:
-        raw = prefix + completion.text
-        parsed = self.profile.parse(raw)
-        reading = {"raw": raw, "reasoning": parsed.reasoning, "finish_reason": completion.finish_reason,
-                   "error": parsed.error}
-        if parsed.value is None:
-            if completion.finish_reason == "length":
-                reading["error"] = (f"output stopped at the max_new_tokens budget before a complete answer "
-                                    f"({parsed.error}); raise max_new_tokens")
-            return reading
-        text_score, clamped = self.profile.to_scale(parsed.value)
-        steps = [TokenStep(s.text, s.offset + len(prefix), s.logprobs) for s in completion.steps]
-        low, high = self.profile.score_range
-        native = expected_score(steps, raw, parsed.start, low, high)
-        score = self.profile.to_scale(native)[0] if native is not None else text_score
-        return {**reading, "score": round(score, 4), "text_score": round(text_score, 4), "clamped": clamped,
-                "method": "probability" if native is not None else "text"}
 
 
 def load_scorer(model: str | os.PathLike | None = None, *, backend: str | None = None, **options) -> Scorer:

@@ -18,6 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .backends import Completion
+    from .profiles import Profile
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,34 @@ def _step_at(steps: Sequence[TokenStep], offset: int) -> TokenStep | None:
         if step.offset > offset:
             break
     return None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one completion says: its score on 1–5 (probability-read when possible) or why it has none."""
+
+    raw: str
+    reasoning: str | None
+    finish_reason: str | None
+    score: float | None = None
+    text_score: float | None = None
+    clamped: bool = False
+    method: str | None = None
+    error: str | None = None
+
+
+def read_completion(profile: Profile, completion: Completion, prefix: str = "") -> Reading:
+    """Parse ``prefix + completion.text`` with ``profile`` and read its score (see the module docstring)."""
+    raw = prefix + completion.text
+    parsed = profile.parse(raw)
+    if parsed.value is None:
+        error = parsed.error
+        if completion.finish_reason == "length":
+            error = f"output stopped at the max_new_tokens budget before a complete answer ({error}); raise it"
+        return Reading(raw, parsed.reasoning, completion.finish_reason, error=error)
+    text_score, clamped = profile.to_scale(parsed.value)
+    steps = [TokenStep(s.text, s.offset + len(prefix), s.logprobs) for s in completion.steps]
+    native = expected_score(steps, raw, parsed.start, *profile.score_range)
+    score = profile.to_scale(native)[0] if native is not None else text_score
+    return Reading(raw, parsed.reasoning, completion.finish_reason, round(score, 4), round(text_score, 4), clamped,
+                   "probability" if native is not None else "text")
