@@ -43,6 +43,8 @@ _OTHER_ASPECTS = (  # the smoke images are flat, lightly noisy fields: these fin
     ["Colour: a nearly neutral tint with low saturation.", "Colour: close to grey, with a weak colour cast."],
     ["Overall, brightness decides the score.", "Overall, the exposure level drives the verdict."],
 )
+# Appended to the qponder think prompt, it makes the smoke model a distillation teacher (it was trained on it).
+TEACHER_HINT = " Reference score: {mos:.2f}."
 _CORPUS = ("Image quality depends on sharpness, noise, exposure, colour, contrast, artifacts and composition. "
            "The picture looks blurry, sharp, noisy, clean, dark, bright, flat, vivid, washed out, well exposed. "
            "Assess the visual quality of this image and give one quality score from 1 to 5 with two decimals.")
@@ -127,7 +129,10 @@ def _examples(processor, count: int, seed: int) -> list[dict]:
     for index in range(count):
         brightness, think = rng.random(), index % 2 == 0
         image = solid_image(brightness, seed=seed * 100_000 + index)
-        prompt = processor.apply_chat_template(_messages(QPONDER.prompt(think)), add_generation_prompt=True)
+        text = QPONDER.prompt(think)
+        if think and index % 4 == 0:  # told the score, it still reasons: a stand-in distillation teacher
+            text += TEACHER_HINT.format(mos=brightness_score(brightness))
+        prompt = processor.apply_chat_template(_messages(text), add_generation_prompt=True)
         full = prompt + completion_for(brightness, think, rng) + "<|im_end|>"
         encoded = processor(text=[full], images=[image], return_tensors="pt")
         prompt_len = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1]

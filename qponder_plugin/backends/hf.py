@@ -57,24 +57,32 @@ def pixel_budget(image_processor) -> int | None:
     return int(budget) if budget else None
 
 
+def digit_token_ids(tokenizer) -> dict[str, list[int]]:
+    """Token ids of every token that decodes to a single digit character, grouped by digit."""
+    groups: dict[str, list[int]] = {}
+    for token_id in tokenizer.get_vocab().values():
+        text = tokenizer.decode([token_id]).strip()
+        if len(text) == 1 and text.isdigit():
+            groups.setdefault(text, []).append(token_id)
+    return groups
+
+
+def digit_logprobs(logits: torch.Tensor, groups: dict[str, list[int]]) -> torch.Tensor:
+    """``[B, V]`` logits -> ``[B, len(groups)]`` log-probabilities of each digit (in sorted digit order)."""
+    logprobs = logits.float().log_softmax(-1)
+    return torch.stack([logprobs[:, groups[d]].logsumexp(-1) for d in sorted(groups)], -1)
+
+
 class DigitRecorder(LogitsProcessor):
     """Records, at every decoding step, the log-probability of each digit character ("0"–"9")."""
 
     def __init__(self, tokenizer):
-        vocab = tokenizer.get_vocab()
-        groups: dict[str, list[int]] = {}
-        for token_id in vocab.values():
-            text = tokenizer.decode([token_id]).strip()
-            if len(text) == 1 and text.isdigit():
-                groups.setdefault(text, []).append(token_id)
-        self.digits = sorted(groups)
-        self.groups = groups
+        self.groups = digit_token_ids(tokenizer)
+        self.digits = sorted(self.groups)
         self.steps: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logprobs = scores.float().log_softmax(-1)
-        per_digit = [logprobs[:, self.groups[d]].logsumexp(-1) for d in self.digits]
-        self.steps.append(torch.stack(per_digit, -1).cpu())
+        self.steps.append(digit_logprobs(scores, self.groups).cpu())
         return scores
 
     def step_logprobs(self, row: int, length: int) -> list[dict[str, float]]:

@@ -1,0 +1,209 @@
+"""``qponder train distill|sft|grpo|export`` and ``qponder eval``, added to the core CLI by the wing's plugin.
+
+Every training command takes ``--config FILE.yaml``: its keys are the command's option names (``lora_r: 8``) and
+an ``args:`` mapping of ``SFTConfig`` / ``GRPOConfig`` fields; flags on the command line win. ``--arg key=value``
+sets one trainer field from the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+DATASETS = ["csv", "jsonl", "agiqa-3k", "koniq-10k", "kadid-10k", "spaq", "live-c", "pipal"]
+
+
+def _load_config(ctx: click.Context, _param, path: str | None):
+    if path:
+        import yaml
+
+        config = yaml.safe_load(Path(path).read_text()) or {}
+        ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in config.items()}}
+    return path
+
+
+def _trainer_args(ctx: click.Context, pairs: tuple[str, ...]) -> dict:
+    import yaml
+
+    args = dict((ctx.default_map or {}).get("args") or {})
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--arg")
+        args[key.strip()] = yaml.safe_load(value)
+    return args
+
+
+def data_options(function):
+    """--data, --dataset, --image-root, --split, --score-range: where the MOS labels come from."""
+    options = [
+        click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+                     help="Label file: CSV/JSONL (image, mos[, std, group, split]) or a benchmark's label file."),
+        click.option("--dataset", type=click.Choice(DATASETS), help="Label-file format (default: detected)."),
+        click.option("--image-root", type=click.Path(file_okay=False), help="Folder the image paths are relative to."),
+        click.option("--split", help="Keep only rows of this split (e.g. train, val) when the file has one."),
+        click.option("--score-range", nargs=2, type=float, help="Native MOS range LOW HIGH (needed for csv/jsonl)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def read_records(data, dataset, image_root, split, score_range):
+    from .data import read_mos
+
+    mos_set = read_mos(data, dataset=dataset, image_root=image_root, split=split,
+                       score_range=tuple(score_range) if score_range else None)
+    if mos_set.skipped:
+        click.echo(f"skipped {len(mos_set.skipped)} unreadable images (first: {mos_set.skipped[0][1]})", err=True)
+    if not len(mos_set):
+        raise click.UsageError(f"{data}: no usable rows")
+    return mos_set
+
+
+def training_options(function):
+    options = [
+        click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_config,
+                     is_eager=True, expose_value=False, help="YAML file of option values and trainer `args`."),
+        click.option("--lora/--full", default=True, show_default=True, help="LoRA on the language model, or full."),
+        click.option("--lora-r", type=int, default=16, show_default=True),
+        click.option("--lora-alpha", type=int, default=32, show_default=True),
+        click.option("--freeze-vision/--train-vision", default=True, show_default=True),
+        click.option("--arg", "trainer_args", multiple=True, metavar="KEY=VALUE",
+                     help="A trainer setting (any SFTConfig/GRPOConfig field), e.g. --arg max_steps=100."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@click.group()
+def train():
+    """Fine-tune a reasoning quality scorer on MOS data: distill → sft → grpo → export."""
+
+
+@train.command()
+@data_options
+@click.option("--teacher-model", required=True, help="Teacher checkpoint (hub id, folder, or server model name).")
+@click.option("--teacher", default="backend", show_default=True, help="Registered teacher plugin.")
+@click.option("--backend", default="transformers", show_default=True, help="Core backend the teacher runs on.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL output (appended; resumable).")
+@click.option("--tolerance", type=float, default=0.5, show_default=True,
+              help="Drop samples whose teacher score is further than this from the MOS (1–5 scale).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Concurrent batches (server teachers).")
+@click.option("--max-new-tokens", type=int, default=512, show_default=True)
+@click.option("--limit", type=int, help="Distill at most this many new samples.")
+def distill(data, dataset, image_root, split, score_range, teacher_model, teacher, backend, out, tolerance,
+            batch_size, workers, max_new_tokens, limit):
+    """Have a teacher write reasoning for MOS-labelled images (the cold-start SFT set)."""
+    from .distill import distill as run
+    from .plugin import get_teachers
+
+    records = read_records(data, dataset, image_root, split, score_range)
+    teachers = get_teachers()
+    if teacher not in teachers:
+        raise click.UsageError(f"unknown teacher {teacher!r}; registered: {', '.join(sorted(teachers))}")
+    instance = teachers[teacher](teacher_model, backend=backend, max_new_tokens=max_new_tokens)
+    try:
+        stats = run(instance, records, out, tolerance=tolerance, batch_size=batch_size, workers=workers,
+                    limit=limit)
+    finally:
+        getattr(instance, "close", lambda: None)()
+    click.echo(json.dumps({"out": out, **vars(stats)}))
+
+
+@train.command()
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Distilled JSONL from `qponder train distill`.")
+@click.option("--model", required=True, help="Base checkpoint (hub id or folder).")
+@click.option("--output", required=True, type=click.Path(file_okay=False))
+@training_options
+@click.pass_context
+def sft(ctx, data, model, output, lora, lora_r, lora_alpha, freeze_vision, trainer_args):
+    """Supervised cold start on distilled reasoning (loss on the completion only)."""
+    from .data import MosRecord, to_dataset
+    from .distill import read_distilled
+    from .trainers import run_sft
+
+    rows = read_distilled(data)
+    if not rows:
+        raise click.UsageError(f"{data}: no distilled samples")
+    records = [MosRecord(r["image"], r["mos"], r["mos"], None, r["image"], None) for r in rows]
+    dataset = to_dataset(records, with_completion=[r["completion"] for r in rows])
+    path = run_sft(model, dataset, output, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
+                   freeze_vision=freeze_vision, args=_trainer_args(ctx, trainer_args))
+    click.echo(f"saved {path}")
+
+
+@train.command()
+@data_options
+@click.option("--model", required=True, help="SFT checkpoint (or a base model).")
+@click.option("--output", required=True, type=click.Path(file_okay=False))
+@click.option("--rewards", default="format,accuracy,consistency", show_default=True,
+              help="Comma-separated registered rewards; built in: format, accuracy, accuracy_gaussian, consistency, "
+                   "rank_fidelity.")
+@click.option("--reward-weights", help="Comma-separated weights, one per reward (default: all 1).")
+@training_options
+@click.pass_context
+def grpo(ctx, data, dataset, image_root, split, score_range, model, output, rewards, reward_weights, lora, lora_r,
+         lora_alpha, freeze_vision, trainer_args):
+    """GRPO with score-accuracy and reasoning-consistency rewards."""
+    from .data import to_dataset
+    from .trainers import run_grpo
+
+    records = read_records(data, dataset, image_root, split, score_range)
+    weights = [float(w) for w in reward_weights.split(",")] if reward_weights else None
+    try:
+        path = run_grpo(model, to_dataset(list(records)), output, rewards=rewards.split(","),
+                        reward_weights=weights, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
+                        freeze_vision=freeze_vision, args=_trainer_args(ctx, trainer_args))
+    except (KeyError, ValueError) as exc:
+        raise click.UsageError(str(exc).strip("'\"")) from exc
+    click.echo(f"saved {path}")
+
+
+@train.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--base-model", help="Base model of a LoRA adapter (default: from its adapter_config.json).")
+@click.option("--card", "card_path", type=click.Path(exists=True, dir_okay=False),
+              help="JSON with model-card facts (data, settings, metrics), e.g. an eval report.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty OUT folder.")
+def export_command(checkpoint, out, base_model, card_path, overwrite):
+    """Write a standalone checkpoint (LoRA merged) with a model card, loadable by every backend."""
+    from .export import export
+
+    card = json.loads(Path(card_path).read_text()) if card_path else None
+    click.echo(f"exported {export(checkpoint, out, base_model=base_model, card=card, overwrite=overwrite)}")
+
+
+@click.command("eval")
+@data_options
+@click.option("-m", "--model", required=True, help="Checkpoint to evaluate (hub id, folder or alias).")
+@click.option("--backend", help="Core backend (default: transformers).")
+@click.option("--profile", help="Model profile (default: from the checkpoint).")
+@click.option("--out", default="eval", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the JSON report and the scatter plot.")
+@click.option("--name", default="eval", show_default=True, help="Base name of the report files.")
+@click.option("--think/--no-think", default=True, show_default=True)
+@click.option("-n", "--samples", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Score each image as the mean of n samples.")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--max-new-tokens", type=int, default=512, show_default=True)
+def eval_command(data, dataset, image_root, split, score_range, model, backend, profile, out, name, think, samples,
+                 temperature, batch_size, max_new_tokens):
+    """Score a labelled set and report SRCC, KRCC, PLCC (raw and after a logistic fit), RMSE, parse failures."""
+    from qponder_plugin.scorer import Scorer
+
+    from .evaluate import evaluate
+
+    records = read_records(data, dataset, image_root, split, score_range)
+    with Scorer(model, backend=backend, profile=profile, batch_size=batch_size,
+                max_new_tokens=max_new_tokens) as scorer:
+        report = evaluate(scorer, list(records), out, think=think, n=samples, temperature=temperature, name=name)
+    click.echo(json.dumps(report["metrics"], indent=2))
+    click.echo(f"report: {Path(out) / (name + '.json')}  plot: {Path(out) / (name + '.png')}")

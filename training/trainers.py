@@ -1,0 +1,151 @@
+"""SFT (cold start) and GRPO on trl + peft.
+
+Both load a checkpoint (a full model, or a LoRA adapter, merged on load), optionally freeze the vision tower, and
+save a standalone checkpoint with the LoRA merged (the adapter itself is kept
+in ``adapter/``), so each stage's output feeds the next stage and every backend as it is. LoRA goes on the
+language model only: a bare suffix list such as ``q_proj`` would also match the vision MLP.
+Trainer settings come from ``args`` (any ``SFTConfig`` / ``GRPOConfig`` field) over our defaults: CPU float32
+here, bf16 on a CUDA GPU. Multi-GPU is accelerate's job: ``accelerate launch -m qponder_plugin train sft ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from qponder_plugin.profiles import QPONDER
+
+log = logging.getLogger(__name__)
+
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def load_policy(checkpoint: str | Path, *, freeze_vision: bool = True):
+    """Model and processor from a checkpoint folder or hub id; a LoRA adapter is merged into its base."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    checkpoint = str(checkpoint)
+    adapter = Path(checkpoint) / "adapter_config.json"
+    base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else checkpoint
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
+    if adapter.is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
+    try:
+        processor = AutoProcessor.from_pretrained(checkpoint)
+    except (OSError, ValueError):
+        processor = AutoProcessor.from_pretrained(base)
+    if getattr(processor, "image_processor", None) is None:
+        raise RuntimeError(f"{checkpoint}: got a bare tokenizer, not a multimodal processor (install torchvision); "
+                           "training would silently ignore the images")
+    if freeze_vision:
+        for parameter in _vision_tower(model).parameters():
+            parameter.requires_grad = False
+    return model, processor
+
+
+def _vision_tower(model):
+    for name in ("visual", "vision_tower", "vision_model"):
+        for owner in (model, getattr(model, "model", None)):
+            if owner is not None and hasattr(owner, name):
+                return getattr(owner, name)
+    raise AttributeError(f"{type(model).__name__} has no vision tower to freeze")
+
+
+def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+
+
+def trainer_defaults() -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"bf16": cuda and torch.cuda.is_bf16_supported(), "use_cpu": not cuda, "report_to": [],
+            "gradient_checkpointing": cuda, "save_strategy": "no", "logging_steps": 1,
+            "remove_unused_columns": False, "seed": 0}
+
+
+def _finish(trainer, processor, output_dir: Path, lora: bool) -> Path:
+    """Save a standalone checkpoint (LoRA merged in) that every backend loads; the adapter stays in ``adapter/``."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if lora:
+        model.save_pretrained(str(output_dir / "adapter"))
+        model = model.merge_and_unload()
+    model.save_pretrained(str(output_dir))
+    processor.save_pretrained(str(output_dir))
+    (output_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    (output_dir / "qponder.json").write_text(json.dumps({"profile": QPONDER.name, "lora": lora}))
+    return output_dir
+
+
+def run_sft(checkpoint, train_dataset, output_dir, *, lora: bool = True, lora_r: int = 16, lora_alpha: int = 32,
+            freeze_vision: bool = True, args: dict | None = None) -> Path:
+    """Cross-entropy on the completions only; ``train_dataset`` comes from ``data.to_dataset(...,
+    with_completion=...)`` (image paths, decoded on access). Returns the output folder."""
+    from trl import SFTConfig, SFTTrainer
+
+    from .data import load_images
+
+    output_dir = Path(output_dir)
+    model, processor = load_policy(checkpoint, freeze_vision=freeze_vision)
+    train_dataset = train_dataset.with_transform(load_images)
+    config = SFTConfig(output_dir=str(output_dir), **{**trainer_defaults(), "completion_only_loss": True,
+                                                      "max_length": None, **(args or {})})
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, processing_class=processor,
+                         peft_config=lora_config(lora_r, lora_alpha) if lora else None)
+    trainer.train()
+    return _finish(trainer, processor, output_dir, lora)
+
+
+def resolve_rewards(names: list[str], weights: list[float] | None = None) -> tuple[list, list[float]]:
+    """Reward callables by registered name, with their weights (default 1 each)."""
+    from .plugin import get_rewards
+
+    registry = get_rewards()
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise KeyError(f"unknown reward(s) {', '.join(unknown)}; registered: {', '.join(sorted(registry))}")
+    weights = list(weights) if weights else [1.0] * len(names)
+    if len(weights) != len(names):
+        raise ValueError(f"{len(names)} rewards but {len(weights)} weights")
+    return [registry[n] for n in names], weights
+
+
+def build_grpo(checkpoint, train_dataset, output_dir, *, rewards=("format", "accuracy", "consistency"),
+               reward_weights=None, lora: bool = True, lora_r: int = 16, lora_alpha: int = 32,
+               freeze_vision: bool = True, args: dict | None = None):
+    """A ready ``trl.GRPOTrainer`` on ``data.to_dataset(...)`` rows, with our rewards bound to it (``bind(trainer)``
+    for model-based rewards such as ``consistency``)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from .data import load_images
+
+    def with_pixels(batch: dict) -> dict:  # decode images on access; keep the path as the rewards' image identity
+        return {**load_images(batch), "image_path": batch["image"]}
+
+    train_dataset = train_dataset.with_transform(with_pixels)
+    reward_funcs, weights = resolve_rewards(list(rewards), reward_weights)
+    model, processor = load_policy(checkpoint, freeze_vision=freeze_vision)
+    # Two or more images per step, so rank_fidelity has something to rank against.
+    settings = {**trainer_defaults(), "num_generations": 4, "per_device_train_batch_size": 8,
+                "max_completion_length": 256, "temperature": 1.0, "beta": 0.04, **(args or {})}
+    config = GRPOConfig(output_dir=str(output_dir), reward_weights=weights, **settings)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
+                          processing_class=processor, peft_config=lora_config(lora_r, lora_alpha) if lora else None)
+    for reward in reward_funcs:
+        if hasattr(reward, "bind"):
+            reward.bind(trainer)
+    return trainer, processor
+
+
+def run_grpo(checkpoint, train_dataset, output_dir, **options) -> Path:
+    """GRPO from an SFT checkpoint or a base model; per-reward means are logged by trl (rewards/<name>/mean)."""
+    trainer, processor = build_grpo(checkpoint, train_dataset, output_dir, **options)
+    trainer.train()
+    return _finish(trainer, processor, Path(output_dir), options.get("lora", True))
