@@ -96,8 +96,9 @@ def train():
 @click.option("--workers", type=int, default=1, show_default=True, help="Concurrent batches (server teachers).")
 @click.option("--max-new-tokens", type=int, default=512, show_default=True)
 @click.option("--limit", type=int, help="Distill at most this many new samples.")
+@click.option("--teacher-prompt", help="Prompt template with a {mos} placeholder (default: the expert prompt).")
 def distill(data, dataset, image_root, split, score_range, teacher_model, teacher, backend, out, tolerance,
-            batch_size, workers, max_new_tokens, limit):
+            batch_size, workers, max_new_tokens, limit, teacher_prompt):
     """Have a teacher write reasoning for MOS-labelled images (the cold-start SFT set)."""
     from .distill import distill as run
     from .plugin import get_teachers
@@ -106,7 +107,8 @@ def distill(data, dataset, image_root, split, score_range, teacher_model, teache
     teachers = get_teachers()
     if teacher not in teachers:
         raise click.UsageError(f"unknown teacher {teacher!r}; registered: {', '.join(sorted(teachers))}")
-    instance = teachers[teacher](teacher_model, backend=backend, max_new_tokens=max_new_tokens)
+    options = {"prompt": teacher_prompt} if teacher_prompt else {}
+    instance = teachers[teacher](teacher_model, backend=backend, max_new_tokens=max_new_tokens, **options)
     try:
         stats = run(instance, records, out, tolerance=tolerance, batch_size=batch_size, workers=workers,
                     limit=limit)
