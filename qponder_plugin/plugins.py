@@ -11,9 +11,12 @@ import importlib
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import Any
 
 import pluggy
 
@@ -106,6 +109,21 @@ def get_plugins() -> Plugins:
 
 def collect(hook: str, **kwargs) -> None:
     get_plugins().collect(hook, **kwargs)
+
+
+def gather(hook: str, key: Callable[[Any], str] | None = None) -> MappingProxyType:
+    """A read-only registry from a collector hook: plugins call ``register(name, value)``, or ``register(value)``
+    when ``key`` names it. A name registered twice is that plugin's error (reported); the first one stays."""
+    found: dict[str, Any] = {}
+
+    def register(*args) -> None:
+        name, value = (key(args[0]), args[0]) if key else args
+        if name in found:
+            raise ValueError(f"{hook}: {name!r} is already registered")
+        found[name] = value
+
+    collect(hook, register=register)
+    return MappingProxyType(found)
 
 
 def notify_assessed(assessment) -> None:

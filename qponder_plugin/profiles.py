@@ -100,17 +100,9 @@ def register_profiles(register):
 @cache
 def get_profiles() -> Mapping[str, Profile]:
     """Every registered profile by name (built-ins first; a plugin may not silently replace one)."""
-    from .plugins import collect
+    from .plugins import gather
 
-    found: dict[str, Profile] = {}
-
-    def register(profile: Profile) -> None:
-        if profile.name in found:
-            raise ValueError(f"profile {profile.name!r} is already registered")
-        found[profile.name] = profile
-
-    collect("register_profiles", register=register)
-    return MappingProxyType(found)
+    return gather("register_profiles", key=lambda profile: profile.name)
 
 
 def get_profile(name: str) -> Profile:

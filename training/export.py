@@ -68,6 +68,36 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _base_of(checkpoint: str, base_model) -> str | None:
+    """The base model an adapter applies to (``base_model`` wins); None for a full checkpoint without one."""
+    if base_model is not None:
+        return os.fspath(base_model)
+    if not is_adapter(checkpoint):
+        return None
+    base = _read_json(Path(checkpoint) / ADAPTER_CONFIG).get("base_model_name_or_path")
+    if not base:
+        raise ExportError(f"{checkpoint} is an adapter without base_model_name_or_path; pass base_model=...")
+    return base
+
+
+def load_merged(checkpoint: str | os.PathLike, *, base_model=None, dtype="auto"):
+    """``(model, processor)`` for a full checkpoint, or for a peft adapter merged into its base."""
+    from transformers import AutoModelForImageTextToText
+
+    checkpoint = os.fspath(checkpoint)
+    if is_adapter(checkpoint):
+        from peft import PeftModel
+
+        model = AutoModelForImageTextToText.from_pretrained(_base_of(checkpoint, base_model), dtype=dtype)
+        model = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=dtype)
+    processor = _load_processor([checkpoint, _base_of(checkpoint, base_model) or ""])
+    if getattr(processor, "image_processor", None) is None:
+        raise ExportError(f"{checkpoint}: got a bare tokenizer, not a multimodal processor (install torchvision)")
+    return model, processor
+
+
 def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, base_model: str | os.PathLike | None = None,
            card: Mapping | None = None, overwrite: bool = False, dtype: str = "auto") -> Path:
     """Write a standalone model folder for ``checkpoint`` to ``out_dir`` and return its path.
@@ -87,29 +117,15 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, base_mo
     ``overwrite=True``; the folder is built next to it and swapped in only when complete. ``dtype`` is passed to
     ``from_pretrained`` (``"auto"`` keeps the stored dtype).
     """
-    from transformers import AutoModelForImageTextToText
-
     checkpoint = os.fspath(checkpoint)
     out = Path(out_dir)
     adapter = is_adapter(checkpoint)
-    base = os.fspath(base_model) if base_model is not None else None
-    if adapter and base is None:
-        base = _read_json(Path(checkpoint) / ADAPTER_CONFIG).get("base_model_name_or_path")
-        if not base:
-            raise ExportError(f"{checkpoint} is an adapter without base_model_name_or_path; pass base_model=...")
+    base = _base_of(checkpoint, base_model)
     _check_out_dir(out, [checkpoint, base or ""], overwrite)
-
-    if adapter:
-        from peft import PeftModel
-
-        model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
-        model = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
-    else:
-        model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=dtype)
+    model, processor = load_merged(checkpoint, base_model=base, dtype=dtype)
     info = _read_json(Path(checkpoint) / MODEL_CARD) if Path(checkpoint).is_dir() else {}
     if not adapter:  # a full checkpoint does not know its base: take it from the caller or an earlier export
         base = base or info.get("base_model")
-    processor = _load_processor([checkpoint, base])
 
     card = dict(card or {})
     info.update({"profile": card.get("profile", info.get("profile", "qponder")), "base_model": base,

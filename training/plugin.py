@@ -5,10 +5,11 @@ The core never imports this package; it loads it like any third-party plugin.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 
 from qponder_plugin import hookimpl
-from qponder_plugin.plugins import collect, get_plugins
+from qponder_plugin.plugins import gather, get_plugins
 
 from . import hookspecs
 
@@ -42,24 +43,13 @@ def register_teachers(register):
     register("backend", BackendTeacher)
 
 
-def _registry(hook: str) -> dict:
+@cache
+def get_rewards() -> Mapping:
     _ensure_specs()
-    found: dict = {}
-
-    def register(name: str, value) -> None:
-        if name in found:
-            raise ValueError(f"{hook}: {name!r} is already registered")
-        found[name] = value
-
-    collect(hook, register=register)
-    return found
+    return gather("register_rewards")
 
 
 @cache
-def get_rewards() -> dict:
-    return _registry("register_rewards")
-
-
-@cache
-def get_teachers() -> dict:
-    return _registry("register_teachers")
+def get_teachers() -> Mapping:
+    _ensure_specs()
+    return gather("register_teachers")

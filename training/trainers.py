@@ -22,26 +22,15 @@ LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 
 
 def load_policy(checkpoint: str | Path, *, freeze_vision: bool = True):
-    """Model and processor from a checkpoint folder or hub id; a LoRA adapter is merged into its base."""
+    """Model and processor from a checkpoint folder or hub id (a LoRA adapter is merged into its base), in bf16 on
+    a CUDA GPU that supports it, else float32. A bare tokenizer in place of the processor is an error: trl would
+    quietly train text-only."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    checkpoint = str(checkpoint)
-    adapter = Path(checkpoint) / "adapter_config.json"
-    base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else checkpoint
+    from .export import load_merged
+
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
-    if adapter.is_file():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
-    try:
-        processor = AutoProcessor.from_pretrained(checkpoint)
-    except (OSError, ValueError):
-        processor = AutoProcessor.from_pretrained(base)
-    if getattr(processor, "image_processor", None) is None:
-        raise RuntimeError(f"{checkpoint}: got a bare tokenizer, not a multimodal processor (install torchvision); "
-                           "training would silently ignore the images")
+    model, processor = load_merged(checkpoint, dtype=dtype)
     if freeze_vision:
         for parameter in _vision_tower(model).parameters():
             parameter.requires_grad = False

@@ -7,7 +7,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from types import MappingProxyType
 
 from PIL import Image
 
@@ -84,17 +83,9 @@ def register_backends(register):
 
 @cache
 def get_backends() -> Mapping[str, Callable[..., Backend]]:
-    from ..plugins import collect
+    from ..plugins import gather
 
-    found: dict[str, Callable[..., Backend]] = {}
-
-    def register(name: str, factory: Callable[..., Backend]) -> None:
-        if name in found:
-            raise ValueError(f"backend {name!r} is already registered")
-        found[name] = factory
-
-    collect("register_backends", register=register)
-    return MappingProxyType(found)
+    return gather("register_backends")
 
 
 def create_backend(name: str, model: str, **options) -> Backend:
