@@ -8,7 +8,6 @@ ship inside the ``qponder-plugin`` distribution itself (its wings) always load.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -22,7 +21,6 @@ import pluggy
 
 from . import hookspecs
 
-log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 DISABLE_ENV = "QPONDER_DISABLE_PLUGINS"

@@ -10,13 +10,12 @@ here, bf16 on a CUDA GPU. Multi-GPU is accelerate's job: ``accelerate launch -m 
 
 from __future__ import annotations
 
+import copy
 import json
-import logging
 from pathlib import Path
 
 from qponder_plugin.profiles import QPONDER
 
-log = logging.getLogger(__name__)
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -120,6 +119,8 @@ def build_grpo(checkpoint, train_dataset, output_dir, *, rewards=("format", "acc
 
     train_dataset = train_dataset.with_transform(with_pixels)
     reward_funcs, weights = resolve_rewards(list(rewards), reward_weights)
+    # A reward bound to a trainer holds its model: give this trainer its own copy of the registered instance.
+    reward_funcs = [copy.copy(r) if hasattr(r, "bind") else r for r in reward_funcs]
     model, processor = load_policy(checkpoint, freeze_vision=freeze_vision)
     # Two or more images per step, so rank_fidelity has something to rank against.
     settings = {**trainer_defaults(), "num_generations": 4, "per_device_train_batch_size": 8,

@@ -9,7 +9,6 @@ vocabulary: a 7B model's full logits for 512 steps would not fit.
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -17,8 +16,6 @@ from transformers import (AutoModelForImageTextToText, AutoProcessor, Generation
                           LogitsProcessorList)
 
 from . import Backend, BackendError, Completion, Request
-
-log = logging.getLogger(__name__)
 
 
 def pick_device(device: str | None) -> str:
