@@ -86,8 +86,9 @@ def train():
 
 @train.command()
 @data_options
-@click.option("--teacher-model", required=True, help="Teacher checkpoint (hub id, folder, or server model name).")
-@click.option("--teacher", default="backend", show_default=True, help="Registered teacher plugin.")
+@click.option("--teacher-model", help="Teacher checkpoint (hub id, folder, or server model name).")
+@click.option("--teacher", default="backend", show_default=True,
+              help="Registered teacher: backend (a model on a core backend) or measured (no model).")
 @click.option("--backend", default="transformers", show_default=True, help="Core backend the teacher runs on.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL output (appended; resumable).")
 @click.option("--tolerance", type=float, default=0.5, show_default=True,
@@ -107,6 +108,8 @@ def distill(data, dataset, image_root, split, score_range, teacher_model, teache
     teachers = get_teachers()
     if teacher not in teachers:
         raise click.UsageError(f"unknown teacher {teacher!r}; registered: {', '.join(sorted(teachers))}")
+    if teacher == "backend" and not teacher_model:
+        raise click.UsageError("--teacher-model is required for the backend teacher")
     options = {"prompt": teacher_prompt} if teacher_prompt else {}
     instance = teachers[teacher](teacher_model, backend=backend, max_new_tokens=max_new_tokens, **options)
     try:

@@ -38,9 +38,11 @@ def register_rewards(register):
 
 @hookimpl
 def register_teachers(register):
+    from .describer import MeasuredTeacher
     from .distill import BackendTeacher
 
     register("backend", BackendTeacher)
+    register("measured", MeasuredTeacher)
 
 
 @cache

@@ -1,0 +1,65 @@
+"""The measured-attribute teacher: its measurements move the right way and its reasoning says what it measured."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageFilter
+
+from qponder_plugin.cli import build
+from qponder_plugin.profiles import QPONDER
+from qponder_plugin.training.describer import MeasuredTeacher, measure
+from qponder_plugin.training.plugin import get_teachers
+
+
+@pytest.fixture(scope="module")
+def photo():
+    rng = np.random.default_rng(0)
+    x, y = np.meshgrid(np.linspace(0, 1, 256), np.linspace(0, 1, 256))
+    base = np.stack([x, y, 1 - x], -1) * 200 + 30
+    base[::16] = 20  # sharp stripes give edges to blur
+    return Image.fromarray(np.clip(base + rng.normal(0, 1, base.shape), 0, 255).astype("uint8"))
+
+
+def test_measurements_follow_the_distortion(photo):
+    clean = measure(photo)
+    blurred = measure(photo.filter(ImageFilter.GaussianBlur(3)))
+    noisy = measure(Image.fromarray(np.clip(np.asarray(photo) + np.random.default_rng(1).normal(0, 25, (256, 256, 3)),
+                                            0, 255).astype("uint8")))
+    dark = measure(Image.fromarray((np.asarray(photo) * 0.15).astype("uint8")))
+    gray = measure(photo.convert("L").convert("RGB"))
+    assert blurred.sharpness < clean.sharpness / 5
+    assert noisy.noise > clean.noise + 10
+    assert dark.brightness < 40 and dark.contrast < clean.contrast
+    assert gray.colourfulness < 1 < clean.colourfulness
+
+
+def test_reasoning_names_the_findings_and_ends_in_the_given_score(photo):
+    teacher = get_teachers()["measured"]()
+    assert isinstance(teacher, MeasuredTeacher)
+    blurred = photo.filter(ImageFilter.GaussianBlur(3))
+    dark = Image.fromarray((np.asarray(photo) * 0.15).astype("uint8"))
+    texts = teacher.explain([blurred, dark], [1.6, 2.2])
+    for text, mos in zip(texts, [1.6, 2.2]):
+        parsed = QPONDER.parse(text)
+        assert parsed.value == mos and parsed.reasoning
+    assert "blur" in texts[0].lower() and "very poor" in texts[0]
+    assert "dark" in texts[1].lower() or "underexposed" in texts[1].lower()
+    assert teacher.explain([blurred], [1.6]) == texts[:1]  # same image, same words
+
+
+def test_distill_with_the_measured_teacher_needs_no_model(photo, tmp_path):
+    for i in range(3):
+        photo.filter(ImageFilter.GaussianBlur(i)).save(tmp_path / f"{i}.png")
+    (tmp_path / "labels.csv").write_text("image,mos\n0.png,80\n1.png,50\n2.png,20\n")
+    out = tmp_path / "cold.jsonl"
+    result = CliRunner().invoke(build(), ["train", "distill", "--data", str(tmp_path / "labels.csv"),
+                                          "--score-range", "0", "100", "--teacher", "measured", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["kept"] == 3
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["mos"] for r in rows] == pytest.approx([4.2, 3.0, 1.8])
+    missing = CliRunner().invoke(build(), ["train", "distill", "--data", str(tmp_path / "labels.csv"),
+                                           "--score-range", "0", "100", "--out", str(out)])
+    assert missing.exit_code == 2 and "--teacher-model is required" in missing.output
