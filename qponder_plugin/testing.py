@@ -75,7 +75,7 @@ def solid_image(brightness: float, size: int = IMAGE_SIDE, seed: int = 0):
     return Image.fromarray(np.clip(base + tint, 0, 255).astype("uint8"))
 
 
-def build_tokenizer(corpus: list[str]):
+def build_tokenizer(corpus: list[str], vocab_size: int = 600):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -85,36 +85,39 @@ def build_tokenizer(corpus: list[str]):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    chat_template=CHAT_TEMPLATE, model_max_length=2048)
 
 
-def build_processor(tokenizer):
+def build_processor(tokenizer, side: int = IMAGE_SIDE):
+    """The real Qwen2.5-VL processor, resizing every image to about ``side`` x ``side`` pixels."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    pixels = IMAGE_SIDE * IMAGE_SIDE
+    pixels = side * side
     image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2)
     return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
 
 
-def build_config(tokenizer):
+def build_config(tokenizer, hidden: int = 128, layers: int = 2, vision_depth: int = 2):
+    """A small Qwen2.5-VL config: head_dim 64 in both towers (vLLM's CPU attention needs >= 64)."""
     from transformers import Qwen2_5_VLConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
-    text = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,  # head_dim 64
+    heads = hidden // 64
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
                 bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id)
-    vision = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2, out_hidden_size=128,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                  fullatt_block_indexes=[1])
+    vision = dict(depth=vision_depth, hidden_size=hidden, intermediate_size=2 * hidden, num_heads=heads,
+                  out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                  fullatt_block_indexes=[vision_depth - 1])
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
 
 

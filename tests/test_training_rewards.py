@@ -92,3 +92,4 @@ def test_consistency_reward_rescoring_without_the_image(smoke_model):
     assert rewards[0] == pytest.approx(math.exp(-((own - round(own, 2)) ** 2) / 0.5), abs=1e-3)
     assert rewards[1] == pytest.approx(math.exp(-((min(own + 1, 5) - own) ** 2) / 0.5), abs=2e-2)
     assert rewards[2] == 0.0
+    assert reward([chat("garbage"), chat("<answer>x</answer>")]) == [0.0, 0.0]  # nothing to rescore: no forward

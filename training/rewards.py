@@ -95,6 +95,8 @@ class ConsistencyReward:
         """The policy's expected first-digit score for each reasoning text, read in one text-only forward pass."""
         import torch
 
+        if not reasonings:
+            return []
         from qponder_plugin.backends.hf import digit_logprobs
 
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
