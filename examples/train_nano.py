@@ -68,9 +68,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sft-epochs", type=float, default=3.0)
     parser.add_argument("--grpo-steps", type=int, default=200)
+    parser.add_argument("--side", type=int, help="image side in pixels the model sees (default: per size)")
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--smoke", action="store_true", help="16 train / 8 val images, tiny model, a few steps")
     args = parser.parse_args()
-    size = SIZES["smoke" if args.smoke else "nano"]
+    size = dict(SIZES["smoke" if args.smoke else "nano"])
+    size["side"] = args.side or size["side"]
     out, timings = args.out, {}
     out.mkdir(parents=True, exist_ok=True)
     train, val = read_mos(args.data, split="train"), read_mos(args.data, split="val")
@@ -92,7 +95,8 @@ def main() -> None:
         records = [r for r in train_records if str(r.image) in {row["image"] for row in rows}]
         by_image = {row["image"]: row["completion"] for row in rows}
         dataset = to_dataset(records, with_completion=[by_image[str(r.image)] for r in records])
-        sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
+        sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3,
+                    "per_device_train_batch_size": args.batch_size,
                     "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "logging_steps": 10}
         if args.smoke:
             sft_args.update(max_steps=2, logging_steps=1)
