@@ -102,8 +102,9 @@ def build_processor(tokenizer, side: int = IMAGE_SIDE):
                                video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
 
 
-def build_config(tokenizer, hidden: int = 128, layers: int = 2, vision_depth: int = 2):
-    """A small Qwen2.5-VL config: head_dim 64 in both towers (vLLM's CPU attention needs >= 64)."""
+def build_config(tokenizer, hidden: int = 128, layers: int = 2, vision_depth: int = 2, window: int = 56):
+    """A small Qwen2.5-VL config: head_dim 64 in both towers (vLLM's CPU attention needs >= 64). ``window`` is the
+    vision tower's attention window in pixels (Qwen2.5-VL uses 112); its last block attends to the whole image."""
     from transformers import Qwen2_5_VLConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in [
@@ -116,7 +117,7 @@ def build_config(tokenizer, hidden: int = 128, layers: int = 2, vision_depth: in
                 bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id)
     vision = dict(depth=vision_depth, hidden_size=hidden, intermediate_size=2 * hidden, num_heads=heads,
-                  out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                  out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=window,
                   fullatt_block_indexes=[vision_depth - 1])
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
 

@@ -1,0 +1,43 @@
+"""Vision warm-up (feature distillation) on the tiny offline model: it moves the vision tower toward the teacher,
+leaves the language model alone, and writes a checkpoint the scorer loads."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from qponder_plugin import load_scorer
+from qponder_plugin.testing import solid_image
+
+pytestmark = [pytest.mark.model, pytest.mark.train]
+
+
+def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path):
+    import torch
+
+    from qponder_plugin.training.vision import warm_up_vision
+
+    paths = []
+    for i in range(24):
+        path = tmp_path / f"img{i}.png"
+        solid_image(i / 23, 64, seed=i).save(path)
+        paths.append(str(path))
+    # A fixed teacher whose features are linear in colour: learnable by the tower, so the loss must fall.
+    projection = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+
+    def teacher(pixels):
+        return pixels.mean((2, 3)) @ projection
+
+    out = warm_up_vision(smoke_model, paths, teacher, tmp_path / "warm", epochs=12, batch_size=8,
+                         learning_rate=3e-3, log_every=0)
+    losses = [entry["loss"] for entry in json.loads((out / "warmup_log.json").read_text())]
+    assert len(losses) == 12 * 3
+    assert sum(losses[-6:]) / 6 < 0.7 * sum(losses[:6]) / 6
+    before, after = load_file(smoke_model / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    in_tower = [name.split(".")[0] == "visual" or ".visual." in name for name in changed]
+    assert changed and all(in_tower), sorted(changed)[:5]
+    with load_scorer(out) as scorer:
+        result = scorer.assess(paths[0], think=False)
+    assert result.profile == "qponder" and result.status in {"ok", "parse_error"}

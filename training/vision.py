@@ -1,0 +1,84 @@
+"""Vision warm-up: feature distillation of a fresh vision tower from a frozen pretrained encoder.
+
+A small Qwen2.5-VL trained from scratch on a few thousand MOS-labelled images sees too few pictures to learn good
+visual features from the score alone. Before SFT, its vision tower (plus a temporary linear head on the mean of its
+output tokens) learns to regress a frozen teacher encoder's pooled features of the same random crops. Only the
+vision tower is updated and saved; the head and the teacher are thrown away, so the teacher is never a runtime
+dependency of the model.
+
+``teacher`` is any callable taking a float tensor ``[B, 3, H, W]`` in 0..1 and returning features ``[B, D]``
+(e.g. an ImageNet CNN's pooled features, normalisation included). Targets are standardised per image (layer norm),
+so the loss does not depend on the teacher's feature scale.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from qponder_plugin.images import load_image
+
+
+def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Callable, output_dir: str | Path, *,
+                   epochs: int = 10, batch_size: int = 32, learning_rate: float = 1e-3, crop_scale: float = 0.5,
+                   seed: int = 0, log_every: int = 10) -> Path:
+    """Distil ``teacher`` into the vision tower of ``checkpoint``; write the whole model to ``output_dir``.
+
+    Each step takes ``batch_size`` images, cuts a random crop (``crop_scale``..1 of the area) resized to the
+    processor's input size, flips half of them, and fits the student's pooled tokens to the teacher's features of
+    that same crop. Returns ``output_dir``; the per-step loss goes to ``warmup_log.json`` there.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torchvision.transforms import v2
+
+    from qponder_plugin.backends.hf import pixel_budget
+
+    from .trainers import _vision_tower, load_policy
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    output_dir = Path(output_dir)
+    model, processor = load_policy(checkpoint, freeze_vision=False)
+    tower = _vision_tower(model).float().train()
+    side = round(pixel_budget(processor.image_processor) ** 0.5)
+    pictures = [load_image(path, max_pixels=(2 * side) ** 2) for path in images]
+    augment = v2.Compose([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True),
+                          v2.RandomHorizontalFlip()])
+    with torch.no_grad():
+        width = teacher(torch.rand(1, 3, side, side)).shape[-1]
+    head = torch.nn.Linear(model.config.vision_config.out_hidden_size, width)
+    parameters = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
+    steps = epochs * max(1, len(pictures) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
+    log, order = [], []
+    for step in range(steps):
+        if len(order) < batch_size:
+            order += rng.sample(range(len(pictures)), len(pictures))
+        batch, order = order[:batch_size], order[batch_size:]
+        crops = [augment(pictures[i]) for i in batch]
+        pixels = torch.stack([v2.functional.pil_to_tensor(c) for c in crops]).float() / 255.0
+        with torch.no_grad():
+            target = F.layer_norm(teacher(pixels).float(), (width,))
+        inputs = processor.image_processor(images=crops, return_tensors="pt")
+        tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        predicted = head(tokens.reshape(len(crops), -1, tokens.shape[-1]).mean(1))
+        loss = F.mse_loss(predicted, target)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        log.append({"step": step + 1, "loss": round(loss.item(), 5)})
+        if log_every and (step + 1) % log_every == 0:
+            print(f"vision warm-up step {step + 1}/{steps}: loss {loss.item():.4f}", flush=True)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    card = Path(checkpoint) / "qponder.json"
+    if card.is_file():
+        (output_dir / card.name).write_text(card.read_text())
+    (output_dir / "warmup_log.json").write_text(json.dumps(log))
+    return output_dir
