@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MODEL_ENV = "QPONDER_MODEL"
 DEFAULT_BACKEND = "transformers"
 MODEL_CARD = "qponder.json"  # optional file in a checkpoint folder: {"profile": "..."}
+NANO = Path(__file__).with_name("nano")  # the bundled qponder-nano checkpoint: the offline default
 
 
 class ModelNotFoundError(ValueError):
@@ -38,26 +39,37 @@ class ModelInfo:
     profile: str
 
 
+def nano_installed() -> bool:
+    return (NANO / "config.json").is_file()
+
+
 def list_models() -> list[ModelInfo]:
-    """Known public checkpoints (from the registered profiles), usable by alias."""
-    return [ModelInfo(alias, hub_id, profile.name)
-            for profile in get_profiles().values() for alias, hub_id in profile.checkpoints.items()]
+    """The bundled nano model and the known public checkpoints (from the registered profiles), by alias."""
+    bundled = [ModelInfo("nano", str(NANO), _card(NANO).get("profile", "qponder"))] if nano_installed() else []
+    return bundled + [ModelInfo(alias, hub_id, profile.name)
+                      for profile in get_profiles().values() for alias, hub_id in profile.checkpoints.items()]
+
+
+def _card(folder: Path) -> dict:
+    card = folder / MODEL_CARD
+    return json.loads(card.read_text()) if card.is_file() else {}
 
 
 def resolve_model(model: str | os.PathLike | None) -> tuple[str, str | None]:
-    """Return ``(model id or folder, profile declared by the checkpoint or alias)``."""
+    """Return ``(model id or folder, profile declared by the checkpoint or alias)``. With no model named, use
+    ``$QPONDER_MODEL``, else the bundled nano model."""
     model = os.fspath(model) if model is not None else os.environ.get(MODEL_ENV)
     if not model:
-        raise ModelNotFoundError(
-            f"no model given: pass model=... (or --model), or set {MODEL_ENV}. Use a hub id such as "
-            "TianheWu/VisualQuality-R1-7B, a local checkpoint folder, or an alias from `qponder models`.")
+        if not nano_installed():
+            raise ModelNotFoundError(
+                f"no model given and the bundled nano model is missing from {NANO}: pass model=... (or --model), "
+                f"or set {MODEL_ENV}. Use a hub id such as TianheWu/VisualQuality-R1-7B, a local checkpoint "
+                "folder, or an alias from `qponder models`.")
+        model = "nano"
     for info in list_models():
         if info.alias == model.lower():
             return info.model_id, info.profile
-    card = Path(model) / MODEL_CARD
-    if card.is_file():
-        return model, json.loads(card.read_text()).get("profile")
-    return model, None
+    return model, _card(Path(model)).get("profile")
 
 
 class Scorer:

@@ -63,7 +63,8 @@ def test_assess_csv_table_and_no_think(smoke_model, images):
     assert "dark.png" in table.stdout and "2 images: 2 ok, 0 failed" in table.stdout
 
 
-def test_usage_errors_exit_2(images, tmp_path):
+def test_usage_errors_exit_2(images, tmp_path, monkeypatch):
+    monkeypatch.setattr("qponder_plugin.scorer.NANO", tmp_path / "no-bundled-model")
     no_model = invoke("assess", images, env={"QPONDER_MODEL": ""})
     assert no_model.exit_code == 2 and "QPONDER_MODEL" in no_model.output
     assert invoke("assess").exit_code == 2

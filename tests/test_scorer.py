@@ -123,8 +123,9 @@ def test_public_api_json_schema_and_model_env(smoke_model, monkeypatch):
     assert repr(explicit).startswith(f"<Assessment {explicit.source} {explicit.score:.2f}/5 (probability)")
 
 
-def test_no_model_is_a_clear_error(monkeypatch):
+def test_no_model_and_no_bundled_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv("QPONDER_MODEL", raising=False)
+    monkeypatch.setattr("qponder_plugin.scorer.NANO", tmp_path / "missing")
     with pytest.raises(ModelNotFoundError, match="QPONDER_MODEL"):
         assess(solid_image(0.5, 32))
 

@@ -1,0 +1,55 @@
+"""The bundled qponder-nano model: the offline default of the API and the CLI, with reasoning grounded in what it
+sees and scores that follow human MOS on AGIQA-3K prompts it was not trained on."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qponder_plugin import assess, load_scorer
+from qponder_plugin.cli import build
+from qponder_plugin.scorer import NANO, nano_installed
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = sorted((ROOT / "examples" / "images").glob("*.jpg"))
+LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
+ASPECTS = ("sharp", "blur", "noise", "grain", "expos", "contrast", "colour", "artifact", "detail")
+
+pytestmark = [pytest.mark.model,
+              pytest.mark.skipif(not nano_installed(), reason=f"the bundled nano model is missing from {NANO}")]
+
+
+def test_no_model_means_the_bundled_nano_model(monkeypatch):
+    monkeypatch.delenv("QPONDER_MODEL", raising=False)
+    result = assess(SAMPLES[0])
+    assert result.ok, result.error
+    assert result.model == str(NANO) and result.profile == "qponder" and result.method == "probability"
+    assert 1.0 <= result.score <= 5.0 and result.finish_reason == "stop"
+    mentioned = [word for word in ASPECTS if word in result.reasoning.lower()]
+    assert len(mentioned) >= 3, result.reasoning
+
+
+def test_cli_scores_the_samples_with_nano_by_default(monkeypatch):
+    monkeypatch.delenv("QPONDER_MODEL", raising=False)
+    result = CliRunner().invoke(build(), ["assess", str(ROOT / "examples" / "images"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == len(SAMPLES) and all(r["status"] == "ok" and r["model"] == str(NANO) for r in rows)
+    assert len({r["score"] for r in rows}) == len(rows)  # it tells the samples apart
+    listed = CliRunner().invoke(build(), ["models", "--json"])
+    assert {"alias": "nano", "model_id": str(NANO), "profile": "qponder"} in json.loads(listed.stdout)["models"]
+
+
+@pytest.mark.skipif(not LABELS.is_file(), reason=f"AGIQA-3K labels not present at {LABELS}")
+def test_nano_follows_human_mos_on_held_out_prompts():
+    from scipy.stats import spearmanr
+
+    from qponder_plugin.training.data import read_mos
+
+    val = list(read_mos(LABELS, split="val"))
+    with load_scorer("nano", batch_size=16) as scorer:
+        results = scorer.assess_batch([r.image for r in val], think=False)
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    srcc = spearmanr([r.score for r in results], [r.mos for r in val])[0]
+    assert srcc > 0.15, f"SRCC {srcc:.3f} on {len(val)} val images (no-think); chance is 0 ± 0.05"
