@@ -119,6 +119,10 @@ def describe_nano(checkpoint: Path, timings: dict, n_val: int) -> str:
             f"{think:.3f} s/image with reasoning, {nothink:.3f} s/image with `--no-think`.")
 
 
+def summarise(report: dict) -> dict:
+    return {**report["metrics"], "parse_failure_rate": report["parse_failure_rate"]}
+
+
 def main() -> None:
     from datasets import concatenate_datasets
 
@@ -186,7 +190,7 @@ def main() -> None:
             run_sft(start, dataset, out / "sft", lora=False, freeze_vision=False, args=sft_args)
     reports = {}
     with stage("eval-sft", timings), load_scorer(out / "sft", max_new_tokens=160) as scorer:
-        reports["sft"] = evaluate(scorer, val_records, out / "eval", name="sft")["metrics"]
+        reports["sft"] = summarise(evaluate(scorer, val_records, out / "eval", name="sft"))
     grpo_args = {"max_steps": 1 if args.smoke else args.grpo_steps, "learning_rate": args.grpo_lr,
                  "per_device_train_batch_size": 8 if args.smoke else args.grpo_batch_size,
                  "max_completion_length": 160, "logging_steps": 1 if args.smoke else 10}
@@ -197,10 +201,13 @@ def main() -> None:
     for think in (True, False):
         name = "grpo" if think else "grpo-nothink"
         with stage(f"eval-{name}", timings), load_scorer(out / "grpo", max_new_tokens=160) as scorer:
-            reports[name] = evaluate(scorer, val_records, out / "eval", name=name, think=think)["metrics"]
+            reports[name] = summarise(evaluate(scorer, val_records, out / "eval", name=name, think=think))
     with stage("export", timings):
         card = {"name": "qponder-nano", "description": describe_nano(out / "grpo", timings, len(val_records)),
-                "limits": LIMITS, "data": f"{args.data} (train split, {len(train_records)} images)",
+                "limits": LIMITS,
+                "data": (f"AGIQA-3K `{args.data.name}`, train split: {len(train_records)} images of "
+                         f"{len({r.group for r in train_records})} prompts; reported on the val split's "
+                         f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
                 "settings": {"size": size, "warmup_epochs": args.warmup_epochs, "sft": sft_args, "grpo": grpo_args,
                              "seed": args.seed},
                 "metrics": {"val after SFT": reports["sft"], "val after GRPO": reports["grpo"],
