@@ -26,10 +26,10 @@ def pooled_features(checkpoint: Path, paths: list[str], batch_size: int = 32) ->
 
     from qponder_plugin.backends.hf import pixel_budget
     from qponder_plugin.images import load_image
-    from qponder_plugin.training.trainers import _vision_tower, load_policy
+    from qponder_plugin.training.trainers import load_policy, vision_tower
 
     model, processor = load_policy(checkpoint)
-    tower, budget = _vision_tower(model).eval(), pixel_budget(processor.image_processor)
+    tower, budget = vision_tower(model).eval(), pixel_budget(processor.image_processor)
     features, started = [], time.perf_counter()
     with torch.inference_mode():
         for begin in range(0, len(paths), batch_size):

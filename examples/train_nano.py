@@ -58,7 +58,8 @@ def mobilenet_teacher(weights: Path | None):
     network = torchvision.models.mobilenet_v2()
     network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     layers = network.features.eval().requires_grad_(False)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet normalisation
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
     def teacher(pixels):
         hidden, pooled = (pixels - mean) / std, []
@@ -137,6 +138,8 @@ def main() -> None:
     parser.add_argument("--grpo-steps", type=int, default=300)
     parser.add_argument("--grpo-lr", type=float, default=5e-5)
     parser.add_argument("--grpo-batch-size", type=int, default=16, help="completions per step (4 per image)")
+    parser.add_argument("--grpo-rewards", default="format=0.5,accuracy=1,consistency=0.5",
+                        help="comma-separated reward=weight pairs (registered rewards)")
     parser.add_argument("--side", type=int, help="image side in pixels the model sees (default: per size)")
     parser.add_argument("--resume", action="store_true", help="reuse the checkpoints of stages already done in --out")
     parser.add_argument("--smoke", action="store_true", help="16 train / 8 val images, tiny model, a few steps")
@@ -196,8 +199,10 @@ def main() -> None:
                  "max_completion_length": 160, "logging_steps": 1 if args.smoke else 10}
     if not done("grpo"):
         with stage("grpo", timings):
-            run_grpo(out / "sft", to_dataset(train_records), out / "grpo", rewards=["format", "accuracy", "consistency"],
-                     reward_weights=[0.5, 1.0, 0.5], lora=False, freeze_vision=False, args=grpo_args)
+            rewards = dict(pair.split("=") for pair in args.grpo_rewards.split(","))
+            run_grpo(out / "sft", to_dataset(train_records), out / "grpo", rewards=list(rewards),
+                     reward_weights=[float(w) for w in rewards.values()], lora=False, freeze_vision=False,
+                     args=grpo_args)
     for think in (True, False):
         name = "grpo" if think else "grpo-nothink"
         with stage(f"eval-{name}", timings), load_scorer(out / "grpo", max_new_tokens=160) as scorer:
@@ -208,7 +213,8 @@ def main() -> None:
                 "data": (f"AGIQA-3K `{args.data.name}`, train split: {len(train_records)} images of "
                          f"{len({r.group for r in train_records})} prompts; reported on the val split's "
                          f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
-                "settings": {"size": size, "warmup_epochs": args.warmup_epochs, "sft": sft_args, "grpo": grpo_args,
+                "settings": {"size": size, "warmup_epochs": args.warmup_epochs, "sft": sft_args,
+                             "grpo": {**grpo_args, "rewards": args.grpo_rewards},
                              "seed": args.seed},
                 "metrics": {"val after SFT": reports["sft"], "val after GRPO": reports["grpo"],
                             "val after GRPO, no-think": reports["grpo-nothink"]}}

@@ -31,17 +31,18 @@ def load_policy(checkpoint: str | Path, *, freeze_vision: bool = True):
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     model, processor = load_merged(checkpoint, dtype=dtype)
     if freeze_vision:
-        for parameter in _vision_tower(model).parameters():
+        for parameter in vision_tower(model).parameters():
             parameter.requires_grad = False
     return model, processor
 
 
-def _vision_tower(model):
+def vision_tower(model):
+    """The vision encoder of a multimodal model (Qwen2.5-VL's ``visual``, or its peers' names)."""
     for name in ("visual", "vision_tower", "vision_model"):
         for owner in (model, getattr(model, "model", None)):
             if owner is not None and hasattr(owner, name):
                 return getattr(owner, name)
-    raise AttributeError(f"{type(model).__name__} has no vision tower to freeze")
+    raise AttributeError(f"{type(model).__name__} has no vision tower")
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05):

@@ -36,13 +36,13 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
 
     from qponder_plugin.backends.hf import pixel_budget
 
-    from .trainers import _vision_tower, load_policy
+    from .trainers import load_policy, vision_tower
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     output_dir = Path(output_dir)
     model, processor = load_policy(checkpoint, freeze_vision=False)
-    tower = _vision_tower(model).float().train()
+    tower = vision_tower(model).float().train()
     side = round(pixel_budget(processor.image_processor) ** 0.5)
     pictures = [load_image(path, max_pixels=(2 * side) ** 2) for path in images]
     augment = v2.Compose([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True),
