@@ -1,5 +1,5 @@
 """Vision warm-up (feature distillation) on the tiny offline model: it moves the vision tower toward the teacher,
-leaves the language model alone, and writes a checkpoint the scorer loads."""
+leaves the language model alone, skips unreadable images, and writes a checkpoint the scorer loads."""
 
 import json
 
@@ -22,6 +22,8 @@ def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path):
         path = tmp_path / f"img{i}.png"
         solid_image(i / 23, 64, seed=i).save(path)
         paths.append(str(path))
+    (tmp_path / "broken.png").write_bytes(b"not a png")  # skipped with a warning, never a crash
+    paths.append(str(tmp_path / "broken.png"))
     # A fixed teacher whose features are linear in colour: learnable by the tower, so the loss must fall.
     projection = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
 

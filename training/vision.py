@@ -14,11 +14,14 @@ so the loss does not depend on the teacher's feature scale.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from qponder_plugin.images import load_image
+from qponder_plugin.images import ImageError, load_image
+
+log = logging.getLogger(__name__)
 
 
 def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Callable, output_dir: str | Path, *,
@@ -28,7 +31,8 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
 
     Each step takes ``batch_size`` images, cuts a random crop (``crop_scale``..1 of the area) resized to the
     processor's input size, flips half of them, and fits the student's pooled tokens to the teacher's features of
-    that same crop. Returns ``output_dir``; the per-step loss goes to ``warmup_log.json`` there.
+    that same crop. Unreadable images are skipped with a warning. Runs on CUDA when available (the teacher stays
+    where it is; its features are moved). Returns ``output_dir``; the per-step loss goes to ``warmup_log.json``.
     """
     import torch
     import torch.nn.functional as F
@@ -41,20 +45,29 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     torch.manual_seed(seed)
     rng = random.Random(seed)
     output_dir = Path(output_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     model, processor = load_policy(checkpoint, freeze_vision=False)
-    tower = vision_tower(model).float().train()
+    dtype = model.dtype
+    tower = vision_tower(model).to(device=device, dtype=torch.float32).train()
     side = round(pixel_budget(processor.image_processor) ** 0.5)
-    pictures = [load_image(path, max_pixels=(2 * side) ** 2) for path in images]
+    pictures = []
+    for path in images:
+        try:
+            pictures.append(load_image(path, max_pixels=(2 * side) ** 2))
+        except ImageError as exc:
+            log.warning("vision warm-up skips an image: %s", exc)
+    if not pictures:
+        raise ValueError("vision warm-up: none of the images could be read")
     augment = v2.Compose([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True),
                           v2.RandomHorizontalFlip()])
     with torch.no_grad():
         width = teacher(torch.rand(1, 3, side, side)).shape[-1]
-    head = torch.nn.Linear(model.config.vision_config.out_hidden_size, width)
+    head = torch.nn.Linear(model.config.vision_config.out_hidden_size, width).to(device)
     parameters = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
     steps = epochs * max(1, len(pictures) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
-    log, order = [], []
+    history, order = [], []
     for step in range(steps):
         if len(order) < batch_size:
             order += rng.sample(range(len(pictures)), len(pictures))
@@ -62,8 +75,8 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         crops = [augment(pictures[i]) for i in batch]
         pixels = torch.stack([v2.functional.pil_to_tensor(c) for c in crops]).float() / 255.0
         with torch.no_grad():
-            target = F.layer_norm(teacher(pixels).float(), (width,))
-        inputs = processor.image_processor(images=crops, return_tensors="pt")
+            target = F.layer_norm(teacher(pixels).float(), (width,)).to(device)
+        inputs = processor.image_processor(images=crops, return_tensors="pt").to(device)
         tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
         predicted = head(tokens.reshape(len(crops), -1, tokens.shape[-1]).mean(1))
         loss = F.mse_loss(predicted, target)
@@ -72,13 +85,14 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
-        log.append({"step": step + 1, "loss": round(loss.item(), 5)})
+        history.append({"step": step + 1, "loss": round(loss.item(), 5)})
         if log_every and (step + 1) % log_every == 0:
             print(f"vision warm-up step {step + 1}/{steps}: loss {loss.item():.4f}", flush=True)
+    tower.to(device="cpu", dtype=dtype)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     card = Path(checkpoint) / "qponder.json"
     if card.is_file():
         (output_dir / card.name).write_text(card.read_text())
-    (output_dir / "warmup_log.json").write_text(json.dumps(log))
+    (output_dir / "warmup_log.json").write_text(json.dumps(history))
     return output_dir
