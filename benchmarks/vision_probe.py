@@ -42,6 +42,9 @@ def pooled_features(checkpoint: Path, paths: list[str], batch_size: int = 32) ->
 
 
 def probe(features: np.ndarray, mos: np.ndarray, groups: np.ndarray, train: np.ndarray) -> dict:
+    import warnings
+
+    from scipy.linalg import LinAlgWarning
     from scipy.stats import pearsonr, spearmanr
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import GroupKFold
@@ -50,7 +53,9 @@ def probe(features: np.ndarray, mos: np.ndarray, groups: np.ndarray, train: np.n
 
     folds = list(GroupKFold(n_splits=5).split(features[train], mos[train], groups[train]))
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29), cv=folds))
-    model.fit(features[train], mos[train])
+    with warnings.catch_warnings():  # the smallest alphas of the grid are ill-conditioned; CV discards them
+        warnings.simplefilter("ignore", LinAlgWarning)
+        model.fit(features[train], mos[train])
     predicted = model.predict(features[~train])
     return {"srcc": spearmanr(predicted, mos[~train])[0], "plcc": pearsonr(predicted, mos[~train])[0],
             "alpha": float(model[-1].alpha_)}
