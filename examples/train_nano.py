@@ -216,7 +216,8 @@ def main() -> None:
                 "data": (f"AGIQA-3K `{args.data.name}`, train split: {len(train_records)} images of "
                          f"{len({r.group for r in train_records})} prompts; reported on the val split's "
                          f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
-                "settings": {"size": size, "warmup_epochs": args.warmup_epochs, "sft": sft_args,
+                "settings": {"size": size, "warmup_epochs": args.warmup_epochs,
+                             "sft": {**sft_args, "vision_tower": "trained" if args.sft_train_vision else "frozen"},
                              "grpo": {**grpo_args, "rewards": args.grpo_rewards},
                              "seed": args.seed},
                 "metrics": {"val after SFT": reports["sft"], "val after GRPO": reports["grpo"],
