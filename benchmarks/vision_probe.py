@@ -26,18 +26,18 @@ def pooled_features(checkpoint: Path, paths: list[str], batch_size: int = 32) ->
 
     from qponder_plugin.backends.hf import pixel_budget
     from qponder_plugin.images import load_image
-    from qponder_plugin.training.trainers import load_policy, vision_tower
+    from qponder_plugin.training.trainers import load_policy
 
     model, processor = load_policy(checkpoint)
-    tower, budget = vision_tower(model).eval(), pixel_budget(processor.image_processor)
+    model.eval()
+    budget = pixel_budget(processor.image_processor)
     features, started = [], time.perf_counter()
     with torch.inference_mode():
         for begin in range(0, len(paths), batch_size):
             images = [load_image(p, max_pixels=budget) for p in paths[begin:begin + batch_size]]
             inputs = processor.image_processor(images=images, return_tensors="pt")
-            tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
-            sizes = (inputs["image_grid_thw"].prod(-1) // tower.spatial_merge_size ** 2).tolist()
-            features += [chunk.mean(0).numpy() for chunk in torch.split(tokens, sizes)]
+            per_image = model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+            features += [tokens.mean(0).numpy() for tokens in per_image]
     return np.stack(features), 1000 * (time.perf_counter() - started) / len(paths)
 
 
@@ -68,11 +68,11 @@ def main() -> None:
     args = parser.parse_args()
     from qponder_plugin.training.data import read_mos
 
-    records = list(read_mos(args.data, split="train")) + list(read_mos(args.data, split="val"))
-    n_train = len(read_mos(args.data, split="train"))
+    train_records = list(read_mos(args.data, split="train"))
+    records = train_records + list(read_mos(args.data, split="val"))
     paths = [str(r.image) for r in records]
     mos, groups = np.array([r.mos for r in records]), np.array([r.group for r in records])
-    train = np.arange(len(records)) < n_train
+    train = np.arange(len(records)) < len(train_records)
     print(f"linear probe on pooled vision tokens: fit on {train.sum()} train images, report on {(~train).sum()} val")
     print(f"{'checkpoint':40s} {'val SRCC':>9s} {'val PLCC':>9s} {'alpha':>9s} {'ms/img':>7s}")
     for checkpoint in args.checkpoints:

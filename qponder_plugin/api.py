@@ -26,9 +26,10 @@ def _split(model, backend, options: dict) -> tuple[Scorer, dict]:
 
 def assess(image: ImageSource, *, model: str | None = None, backend: str | None = None, think: bool = True,
            **options) -> Assessment:
-    """Score one image. ``model`` defaults to ``$QPONDER_MODEL``, else the bundled nano model; the loaded model is reused by the next call
-    with the same settings. Other options go to :class:`Scorer` (``profile``, ``max_pixels``, ``batch_size``,
-    ``max_new_tokens``, ``device``, ``dtype``) or to the call (``n``, ``temperature``)."""
+    """Score one image. ``model`` defaults to ``$QPONDER_MODEL``, else the bundled nano model; the loaded model is
+    reused by the next call with the same settings. Other options go to :class:`Scorer` (``profile``,
+    ``max_pixels``, ``batch_size``, ``max_new_tokens``, ``device``, ``dtype``) or to the call (``n``,
+    ``temperature``)."""
     scorer, call = _split(model, backend, {**options, "think": think})
     return scorer.assess(image, **call)
 

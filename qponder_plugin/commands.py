@@ -35,8 +35,8 @@ def _format(fmt: str | None) -> str:
 
 @click.command("assess")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("-m", "--model", help="Hub id, local folder or alias (see `qponder models`). Default: $QPONDER_MODEL, else the "
-              "bundled nano model.")
+@click.option("-m", "--model", help="Hub id, local folder or alias (see `qponder models`). "
+              "Default: $QPONDER_MODEL, else the bundled nano model.")
 @click.option("--profile", help="Model profile (prompt + parser); guessed from the model when omitted.")
 @click.option("--backend", help="Inference backend (default: transformers).")
 @click.option("--think/--no-think", default=True, show_default=True,

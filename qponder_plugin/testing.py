@@ -117,8 +117,8 @@ def build_config(tokenizer, hidden: int = 128, layers: int = 2, vision_depth: in
                 bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id)
     vision = dict(depth=vision_depth, hidden_size=hidden, intermediate_size=2 * hidden, num_heads=heads,
-                  out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=window,
-                  fullatt_block_indexes=[vision_depth - 1])
+                  out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                  window_size=window, fullatt_block_indexes=[vision_depth - 1])
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from qponder_plugin.images import ImageError, load_image
+from qponder_plugin.scorer import MODEL_CARD
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     tower.to(device="cpu", dtype=dtype)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    card = Path(checkpoint) / "qponder.json"
+    card = Path(checkpoint) / MODEL_CARD
     if card.is_file():
         (output_dir / card.name).write_text(card.read_text())
     (output_dir / "warmup_log.json").write_text(json.dumps(history))
