@@ -99,7 +99,7 @@ def init_model(corpus: list[str], out: Path, size: dict, seed: int) -> Path:
     return out
 
 
-LIMITS = ("A few million parameters, trained on 1,985 AI-generated images (AGIQA-3K, 204 prompts) on a CPU. Its "
+LIMITS = ("A few million parameters, trained on 1,985 AI-generated images (AGIQA-3K, 200 prompts) on a CPU. Its "
           "reasoning restates measured sharpness, noise, exposure, contrast, colour and blocking in a small "
           "vocabulary; it does not describe content or semantics. It is the offline default and a well-formed test "
           "model, not a substitute for 7B reasoning scorers such as VisualQuality-R1-7B; expect weaker agreement "
