@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sft-train-vision", action="store_true",
                         help="train the vision tower in SFT too (by default it stays as the warm-up left it)")
-    parser.add_argument("--grpo-steps", type=int, default=150)
+    parser.add_argument("--grpo-steps", type=int, default=300)
     parser.add_argument("--grpo-lr", type=float, default=5e-5)
     parser.add_argument("--grpo-batch-size", type=int, default=16, help="completions per step (4 per image)")
     parser.add_argument("--grpo-rewards", default="format=0.5,accuracy_gaussian=1,consistency=0.25",
