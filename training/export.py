@@ -204,7 +204,7 @@ def _section(value) -> str:
     if value is None or value == "" or value == {} or value == []:
         return f"_{NOT_RECORDED}_"
     if isinstance(value, Mapping):
-        return "\n".join(f"- **{key}**: {_format_value(item) if not isinstance(item, (list, dict)) else json.dumps(item)}"
+        return "\n".join(f"- **{key}**: {json.dumps(item) if isinstance(item, (list, dict)) else _format_value(item)}"
                          for key, item in value.items())
     if isinstance(value, (list, tuple)):
         return "\n".join(f"- {item}" for item in value)
