@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--grpo-steps", type=int, default=300)
     parser.add_argument("--grpo-lr", type=float, default=5e-5)
     parser.add_argument("--grpo-batch-size", type=int, default=16, help="completions per step (4 per image)")
-    parser.add_argument("--grpo-rewards", default="format=0.5,accuracy_gaussian=1,consistency=0.25,rank_fidelity=0.5",
+    parser.add_argument("--grpo-rewards", default="format=0.5,accuracy_gaussian=1,consistency=0.25,rank_fidelity=1",
                         help="comma-separated reward=weight pairs (registered rewards)")
     parser.add_argument("--side", type=int, help="image side in pixels the model sees (default: per size)")
     parser.add_argument("--resume", action="store_true", help="reuse the checkpoints of stages already done in --out")
