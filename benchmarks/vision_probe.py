@@ -2,10 +2,10 @@
 
 For each checkpoint, the vision tower's output tokens are mean-pooled per image (at the checkpoint's own processor
 size); a ridge regression (scikit-learn ``RidgeCV``, alpha picked by grouped cross-validation on ``train``) maps
-them to MOS, and SRCC/PLCC are reported on ``val``. Comparing a fresh model, the vision warm-up and the trained
-model shows what the warm-up stage of the nano recipe adds before any language is involved.
+them to MOS, and SRCC/PLCC are reported on ``val``. Comparing a fresh model, the vision warm-up and the vision
+fine-tune shows what those stages of the nano recipe add before any language is involved.
 
-    .venv/bin/python benchmarks/vision_probe.py runs/nano/init runs/nano/warmup runs/nano/sft
+    .venv/bin/python benchmarks/vision_probe.py runs/nano/init runs/nano/warmup runs/nano/tune
 """
 
 from __future__ import annotations

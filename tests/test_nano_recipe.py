@@ -22,10 +22,10 @@ def test_recipe_smoke_run(tmp_path):
                            "--out", str(tmp_path), "--smoke"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert list(summary["timings_s"]) == ["distill", "tokenizer+init", "vision-warmup", "sft", "eval-sft", "grpo",
-                                          "eval-grpo", "eval-grpo-nothink", "export"]
+    assert list(summary["timings_s"]) == ["distill", "tokenizer+init", "vision-warmup", "vision-tune", "sft",
+                                          "eval-sft", "grpo", "eval-grpo", "eval-grpo-nothink", "export"]
     assert len((tmp_path / "distill.jsonl").read_text().splitlines()) == 16
-    for stage in ("init", "warmup", "sft", "grpo", "export"):
+    for stage in ("init", "warmup", "tune", "sft", "grpo", "export"):
         assert (tmp_path / stage / "model.safetensors").is_file(), stage
     for name in ("sft", "grpo", "grpo-nothink"):
         report = json.loads((tmp_path / "eval" / f"{name}.json").read_text())

@@ -43,3 +43,28 @@ def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path):
     with load_scorer(out) as scorer:
         result = scorer.assess(paths[0], think=False)
     assert result.profile == "qponder" and result.status in {"ok", "parse_error"}
+
+
+def test_warm_up_learns_the_scores_when_given(smoke_model, tmp_path):
+    import torch
+
+    from qponder_plugin.training.vision import warm_up_vision
+
+    paths, scores = [], []
+    for i in range(24):
+        path = tmp_path / f"img{i}.png"
+        solid_image(i / 23, 64, seed=i).save(path)
+        paths.append(str(path))
+        scores.append(1 + 4 * i / 23)  # brightness is the "quality": learnable from the pixels alone
+
+    def teacher(pixels):  # features that say nothing of brightness
+        return torch.randn(len(pixels), 16, generator=torch.Generator().manual_seed(1))
+
+    with pytest.raises(ValueError, match="3 scores for 24 images"):
+        warm_up_vision(smoke_model, paths, teacher, tmp_path / "bad", scores=scores[:3])
+    out = warm_up_vision(smoke_model, paths, teacher, tmp_path / "warm", scores=scores, epochs=12, batch_size=8,
+                         learning_rate=3e-3, log_every=0)
+    log = json.loads((out / "warmup_log.json").read_text())
+    mos_losses = [entry["mos_loss"] for entry in log]
+    assert sum(mos_losses[-6:]) / 6 < 0.5 * sum(mos_losses[:6]) / 6
+    assert all(entry["loss"] > entry["mos_loss"] for entry in log)  # the feature term is still in the sum

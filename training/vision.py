@@ -9,6 +9,9 @@ dependency of the model.
 ``teacher`` is any callable taking a float tensor ``[B, 3, H, W]`` in 0..1 and returning features ``[B, D]``
 (e.g. an ImageNet CNN's pooled features, normalisation included). Targets are standardised per image (layer norm),
 so the loss does not depend on the teacher's feature scale.
+
+Given ``scores`` (the images' MOS), a second temporary head also regresses the standardised MOS from the same pooled
+tokens, so the tower keeps the teacher's features and learns which of them carry quality: the vision fine-tune.
 """
 
 from __future__ import annotations
@@ -26,14 +29,17 @@ log = logging.getLogger(__name__)
 
 
 def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Callable, output_dir: str | Path, *,
-                   epochs: int = 10, batch_size: int = 32, learning_rate: float = 1e-3, crop_scale: float = 0.5,
-                   seed: int = 0, log_every: int = 10) -> Path:
+                   scores: Sequence[float] | None = None, score_weight: float = 1.0, epochs: int = 10,
+                   batch_size: int = 32, learning_rate: float = 1e-3, crop_scale: float = 0.5, seed: int = 0,
+                   log_every: int = 10) -> Path:
     """Distil ``teacher`` into the vision tower of ``checkpoint``; write the whole model to ``output_dir``.
 
     Each step takes ``batch_size`` images, cuts a random crop (``crop_scale``..1 of the area) resized to the
     processor's input size, flips half of them, and fits the student's pooled tokens to the teacher's features of
-    that same crop. Unreadable images are skipped with a warning. Runs on CUDA when available (the teacher stays
-    where it is; its features are moved). Returns ``output_dir``; the per-step loss goes to ``warmup_log.json``.
+    that same crop, plus ``score_weight`` times the MSE of the standardised MOS when ``scores`` are given (one per
+    image). Unreadable images are skipped with a warning. Runs on CUDA when available (the teacher stays where it
+    is; its features are moved). Returns ``output_dir``; the per-step losses (total, feature, MOS) go to
+    ``warmup_log.json``.
     """
     import torch
     import torch.nn.functional as F
@@ -51,20 +57,29 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     dtype = model.dtype
     tower = vision_tower(model).to(device=device, dtype=torch.float32).train()
     side = round(pixel_budget(processor.image_processor) ** 0.5)
-    pictures = []
-    for path in images:
+    if scores is not None and len(scores) != len(images):
+        raise ValueError(f"vision warm-up: {len(scores)} scores for {len(images)} images")
+    pictures, mos = [], []
+    for index, path in enumerate(images):
         try:
             pictures.append(load_image(path, max_pixels=(2 * side) ** 2))
         except ImageError as exc:
             log.warning("vision warm-up skips an image: %s", exc)
+            continue
+        mos.append(scores[index] if scores is not None else 0.0)
     if not pictures:
         raise ValueError("vision warm-up: none of the images could be read")
+    mos = torch.tensor(mos)
+    mos = ((mos - mos.mean()) / mos.std(correction=0).clamp_min(1e-6)).to(device)
     augment = v2.Compose([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True),
                           v2.RandomHorizontalFlip()])
     with torch.no_grad():
         width = teacher(torch.rand(1, 3, side, side)).shape[-1]
     head = torch.nn.Linear(model.config.vision_config.out_hidden_size, width).to(device)
     parameters = list(tower.parameters()) + list(head.parameters())
+    if scores is not None:
+        score_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, 1).to(device)
+        parameters += list(score_head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
     steps = epochs * max(1, len(pictures) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
@@ -79,14 +94,19 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
             target = F.layer_norm(teacher(pixels).float(), (width,)).to(device)
         inputs = processor.image_processor(images=crops, return_tensors="pt").to(device)
         tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
-        predicted = head(tokens.reshape(len(crops), -1, tokens.shape[-1]).mean(1))
-        loss = F.mse_loss(predicted, target)
+        pooled = tokens.reshape(len(crops), -1, tokens.shape[-1]).mean(1)
+        loss = F.mse_loss(head(pooled), target)
+        entry = {"step": step + 1, "feature_loss": round(loss.item(), 5)}
+        if scores is not None:
+            mos_loss = F.mse_loss(score_head(pooled).squeeze(1), mos[batch])
+            loss = loss + score_weight * mos_loss
+            entry["mos_loss"] = round(mos_loss.item(), 5)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
-        history.append({"step": step + 1, "loss": round(loss.item(), 5)})
+        history.append({**entry, "loss": round(loss.item(), 5)})
         if log_every and (step + 1) % log_every == 0:
             print(f"vision warm-up step {step + 1}/{steps}: loss {loss.item():.4f}", flush=True)
     tower.to(device="cpu", dtype=dtype)
