@@ -49,6 +49,8 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
 
     from .trainers import load_policy, vision_tower
 
+    if scores is not None and len(scores) != len(images):
+        raise ValueError(f"vision warm-up: {len(scores)} scores for {len(images)} images")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     output_dir = Path(output_dir)
@@ -57,8 +59,6 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     dtype = model.dtype
     tower = vision_tower(model).to(device=device, dtype=torch.float32).train()
     side = round(pixel_budget(processor.image_processor) ** 0.5)
-    if scores is not None and len(scores) != len(images):
-        raise ValueError(f"vision warm-up: {len(scores)} scores for {len(images)} images")
     pictures, mos = [], []
     for index, path in enumerate(images):
         try:
