@@ -56,11 +56,14 @@ def test_warm_up_learns_the_scores_when_given(smoke_model, tmp_path):
         solid_image(i / 23, 64, seed=i).save(path)
         paths.append(str(path))
         scores.append(1 + 4 * i / 23)  # brightness is the "quality": learnable from the pixels alone
+    (tmp_path / "broken.png").write_bytes(b"not a png")  # skipped with its score; the others stay aligned
+    paths.insert(0, str(tmp_path / "broken.png"))
+    scores.insert(0, 5.0)
 
     def teacher(pixels):  # features that say nothing of brightness
         return torch.randn(len(pixels), 16, generator=torch.Generator().manual_seed(1))
 
-    with pytest.raises(ValueError, match="3 scores for 24 images"):
+    with pytest.raises(ValueError, match="3 scores for 25 images"):
         warm_up_vision(smoke_model, paths, teacher, tmp_path / "bad", scores=scores[:3])
     out = warm_up_vision(smoke_model, paths, teacher, tmp_path / "warm", scores=scores, epochs=12, batch_size=8,
                          learning_rate=3e-3, log_every=0)

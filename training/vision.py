@@ -59,25 +59,24 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     dtype = model.dtype
     tower = vision_tower(model).to(device=device, dtype=torch.float32).train()
     side = round(pixel_budget(processor.image_processor) ** 0.5)
-    pictures, mos = [], []
+    pictures, kept = [], []
     for index, path in enumerate(images):
         try:
             pictures.append(load_image(path, max_pixels=(2 * side) ** 2))
+            kept.append(index)
         except ImageError as exc:
             log.warning("vision warm-up skips an image: %s", exc)
-            continue
-        mos.append(scores[index] if scores is not None else 0.0)
     if not pictures:
         raise ValueError("vision warm-up: none of the images could be read")
-    mos = torch.tensor(mos)
-    mos = ((mos - mos.mean()) / mos.std(correction=0).clamp_min(1e-6)).to(device)
     augment = v2.Compose([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True),
                           v2.RandomHorizontalFlip()])
     with torch.no_grad():
         width = teacher(torch.rand(1, 3, side, side)).shape[-1]
     head = torch.nn.Linear(model.config.vision_config.out_hidden_size, width).to(device)
     parameters = list(tower.parameters()) + list(head.parameters())
-    if scores is not None:
+    if scores is not None:  # the MOS of the images read, standardised, and a head to predict it
+        mos = torch.tensor([float(scores[i]) for i in kept])
+        mos = ((mos - mos.mean()) / mos.std(correction=0).clamp_min(1e-6)).to(device)
         score_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, 1).to(device)
         parameters += list(score_head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
