@@ -12,7 +12,8 @@ from qponder_plugin.testing import solid_image
 pytestmark = [pytest.mark.model, pytest.mark.train]
 
 
-def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path):
+@pytest.mark.parametrize("views", [0, 3])
+def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path, views):
     import torch
 
     from qponder_plugin.training.vision import warm_up_vision
@@ -27,13 +28,18 @@ def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path):
     # A fixed teacher whose features are linear in colour: learnable by the tower, so the loss must fall.
     projection = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
 
+    crops = []
+
     def teacher(pixels):
+        crops.append(len(pixels))
         return pixels.mean((2, 3)) @ projection
 
     out = warm_up_vision(smoke_model, paths, teacher, tmp_path / "warm", epochs=12, batch_size=8,
-                         learning_rate=3e-3, log_every=0)
+                         learning_rate=3e-3, views=views, cache=tmp_path / "views.pt", log_every=0)
     losses = [entry["loss"] for entry in json.loads((out / "warmup_log.json").read_text())]
     assert len(losses) == 12 * 3
+    # one probe for the feature width; then either every step's crops, or a probe and 3 fixed crops per image
+    assert sum(crops) == (1 + 1 + 24 * 3 if views else 1 + 12 * 3 * 8)
     assert sum(losses[-6:]) / 6 < 0.7 * sum(losses[:6]) / 6
     before, after = load_file(smoke_model / "model.safetensors"), load_file(out / "model.safetensors")
     assert before.keys() == after.keys()
@@ -71,3 +77,40 @@ def test_warm_up_learns_the_scores_when_given(smoke_model, tmp_path):
     mos_losses = [entry["mos_loss"] for entry in log]
     assert sum(mos_losses[-6:]) / 6 < 0.5 * sum(mos_losses[:6]) / 6
     assert all(entry["loss"] > entry["mos_loss"] for entry in log)  # the feature term is still in the sum
+
+
+def test_fixed_views_are_computed_once_then_read_from_the_cache(tmp_path):
+    import torch
+
+    from qponder_plugin.training.vision import fixed_views
+
+    pictures = [solid_image(i / 5, 48 + 8 * i, seed=i) for i in range(6)]
+    paths = [f"img{i}.png" for i in range(6)]
+    seen = []
+
+    def counting(projection):
+        def teacher(pixels):
+            seen.append(len(pixels))
+            return pixels.mean((2, 3)) @ projection
+        return teacher
+
+    teacher = counting(torch.randn(3, 8, generator=torch.Generator().manual_seed(0)))
+    cache = tmp_path / "views.pt"
+    torch.manual_seed(5)
+    boxes, features = fixed_views(pictures, paths, teacher, 4, 32, 0.5, seed=0, cache=cache)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # the caller's random stream is untouched
+    assert sum(seen) == 1 + 6 * 4 and features.shape == (6, 4, 8) and cache.is_file()
+    for picture, views in zip(pictures, boxes):
+        assert all(0 <= top and top + h <= picture.height and 0 <= left and left + w <= picture.width
+                   for top, left, h, w, _ in views)
+    assert {flip for views in boxes for *_, flip in views} == {True, False}
+
+    seen.clear()
+    again = fixed_views(pictures, paths, teacher, 4, 32, 0.5, seed=0, cache=cache)
+    assert seen == [1] and again[0] == boxes and torch.equal(again[1], features)  # only the probe crop ran
+    other = fixed_views(pictures, paths, counting(torch.randn(3, 8)), 4, 32, 0.5, seed=0, cache=cache)
+    assert sum(seen) == 1 + 1 + 6 * 4 and other[0] == boxes and not torch.allclose(other[1], features)
+    fewer = fixed_views(pictures, paths, teacher, 2, 32, 0.5, seed=0, cache=cache)
+    assert fewer[1].shape == (6, 2, 8)  # another key: computed anew, not a stale table

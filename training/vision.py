@@ -12,6 +12,10 @@ so the loss does not depend on the teacher's feature scale.
 
 Given ``scores`` (the images' MOS), a second temporary head also regresses the standardised MOS from the same pooled
 tokens, so the tower keeps the teacher's features and learns which of them carry quality: the vision fine-tune.
+
+A large teacher (a ViT) can cost more per step than the student. With ``views=K``, K crops per image are drawn once
+and the teacher runs on each of them once, up front; every step then picks one of an image's K crops. The crops and
+their features can be kept in a ``cache`` file, so a later stage (the fine-tune) reuses them.
 """
 
 from __future__ import annotations
@@ -30,16 +34,17 @@ log = logging.getLogger(__name__)
 
 def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Callable, output_dir: str | Path, *,
                    scores: Sequence[float] | None = None, score_weight: float = 1.0, epochs: int = 10,
-                   batch_size: int = 32, learning_rate: float = 1e-3, crop_scale: float = 0.5, seed: int = 0,
-                   log_every: int = 10) -> Path:
+                   batch_size: int = 32, learning_rate: float = 1e-3, crop_scale: float = 0.5, views: int = 0,
+                   cache: str | Path | None = None, seed: int = 0, log_every: int = 10) -> Path:
     """Distil ``teacher`` into the vision tower of ``checkpoint``; write the whole model to ``output_dir``.
 
     Each step takes ``batch_size`` images, cuts a random crop (``crop_scale``..1 of the area) resized to the
     processor's input size, flips half of them, and fits the student's pooled tokens to the teacher's features of
     that same crop, plus ``score_weight`` times the MSE of the standardised MOS when ``scores`` are given (one per
-    image). Unreadable images are skipped with a warning. Runs on CUDA when available (the teacher stays where it
-    is; its features are moved). Returns ``output_dir``; the per-step losses (total, feature, MOS) go to
-    ``warmup_log.json``.
+    image). With ``views > 0``, each crop is one of ``views`` fixed crops per image whose teacher features are
+    computed once (see ``fixed_views``). Unreadable images are skipped with a warning. Runs on CUDA when available
+    (the teacher stays where it is; its features are moved). Returns ``output_dir``; the per-step losses (total,
+    feature, MOS) go to ``warmup_log.json``.
     """
     import torch
     import torch.nn.functional as F
@@ -72,6 +77,10 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
                           v2.RandomHorizontalFlip()])
     with torch.no_grad():
         width = teacher(torch.rand(1, 3, side, side)).shape[-1]
+    if views:
+        fixed, targets = fixed_views(pictures, [images[i] for i in kept], teacher, views, side, crop_scale, seed,
+                                     cache)
+        targets = targets.to(device)
     head = torch.nn.Linear(model.config.vision_config.out_hidden_size, width).to(device)
     parameters = list(tower.parameters()) + list(head.parameters())
     if scores is not None:  # the MOS of the images read, standardised, and a head to predict it
@@ -87,10 +96,13 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         if len(order) < batch_size:
             order += rng.sample(range(len(pictures)), len(pictures))
         batch, order = order[:batch_size], order[batch_size:]
-        crops = [augment(pictures[i]) for i in batch]
-        pixels = torch.stack([v2.functional.pil_to_tensor(c) for c in crops]).float() / 255.0
-        with torch.no_grad():
-            target = F.layer_norm(teacher(pixels).float(), (width,)).to(device)
+        if views:
+            chosen = [rng.randrange(views) for _ in batch]
+            crops = [cut(pictures[i], fixed[i][v], side) for i, v in zip(batch, chosen)]
+            target = targets[batch, chosen]
+        else:
+            crops = [augment(pictures[i]) for i in batch]
+            target = teacher_features(teacher, crops).to(device)
         inputs = processor.image_processor(images=crops, return_tensors="pt").to(device)
         tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
         pooled = tokens.reshape(len(crops), -1, tokens.shape[-1]).mean(1)
@@ -116,3 +128,68 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         (output_dir / card.name).write_text(card.read_text())
     (output_dir / "warmup_log.json").write_text(json.dumps(history))
     return output_dir
+
+
+def draw_view(picture, crop_scale: float, rng: random.Random) -> tuple:
+    """A random crop box of ``crop_scale``..1 of the picture's area (torchvision's, from torch's RNG) and a coin
+    flip from ``rng``: (top, left, height, width, flip)."""
+    from torchvision.transforms import RandomResizedCrop
+
+    return (*RandomResizedCrop.get_params(picture, scale=(crop_scale, 1.0), ratio=(3 / 4, 4 / 3)),
+            rng.random() < 0.5)
+
+
+def cut(picture, view: tuple, side: int):
+    """The crop ``view`` of a PIL picture, resized to ``side`` x ``side`` and flipped if the view says so."""
+    from torchvision.transforms import v2
+
+    crop = v2.functional.resized_crop(picture, *view[:4], [side, side], antialias=True)
+    return v2.functional.horizontal_flip(crop) if view[4] else crop
+
+
+def teacher_features(teacher: Callable, crops: list) -> "torch.Tensor":
+    """The teacher's features of PIL crops, layer-normed per crop, on the CPU."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.transforms import v2
+
+    pixels = torch.stack([v2.functional.pil_to_tensor(c) for c in crops]).float() / 255.0
+    with torch.no_grad():
+        features = teacher(pixels).float().cpu()
+    return F.layer_norm(features, features.shape[-1:])
+
+
+def fixed_views(pictures: list, paths: list, teacher: Callable, views: int, side: int, crop_scale: float,
+                seed: int, cache: str | Path | None = None, batch_size: int = 32) -> tuple[list, "torch.Tensor"]:
+    """``views`` crops per picture and the teacher's features of each, ``[N, views, D]``.
+
+    Read from ``cache`` when it holds crops for the same images, views, side, crop scale and seed, made by the same
+    teacher (checked on one crop); otherwise drawn from their own seeded generators (so the caller's random streams
+    are the same either way), computed, and written to ``cache``.
+    """
+    import torch
+
+    key = {"images": [str(p) for p in paths], "views": views, "side": side, "crop_scale": crop_scale, "seed": seed}
+    probe = teacher_features(teacher, [cut(pictures[0], (0, 0, *pictures[0].size[::-1], False), side)])
+    if cache and Path(cache).is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved["key"] == key and torch.allclose(saved["probe"], probe, atol=1e-4):
+            print(f"vision warm-up: reusing the teacher's features of {len(paths) * views} crops from {cache}",
+                  flush=True)
+            return saved["boxes"], saved["features"]
+        log.warning("vision warm-up: %s holds other crops or another teacher's features; computing anew", cache)
+    with torch.random.fork_rng(devices=[]):  # crop boxes come from torch's CPU generator
+        torch.manual_seed(seed)
+        rng = random.Random(seed)
+        boxes = [[draw_view(picture, crop_scale, rng) for _ in range(views)] for picture in pictures]
+    pairs = [(i, v) for i in range(len(pictures)) for v in range(views)]
+    rows = []
+    for begin in range(0, len(pairs), batch_size):
+        rows.append(teacher_features(teacher, [cut(pictures[i], boxes[i][v], side)
+                                               for i, v in pairs[begin:begin + batch_size]]))
+        if (begin // batch_size) % 50 == 0:
+            print(f"vision warm-up: teacher features of {begin + len(rows[-1])}/{len(pairs)} crops", flush=True)
+    table = torch.cat(rows).reshape(len(pictures), views, -1)
+    if cache:
+        torch.save({"key": key, "probe": probe, "boxes": boxes, "features": table}, cache)
+    return boxes, table
