@@ -207,6 +207,8 @@ def main() -> None:
     with stage("export", timings):
         description = describe_nano(out / "grpo", timings, len(val_records), args.teacher)
         card = {"name": "qponder-nano", "description": description,
+                "weights": (f"trained from scratch; the vision tower was distilled from {TEACHER_NAMES[args.teacher]} "
+                            "features, which the model does not need at run time"),
                 "limits": LIMITS,
                 "data": (f"AGIQA-3K `{args.data.name}`, train split: {len(train_records)} images of "
                          f"{len({r.group for r in train_records})} prompts; reported on the val split's "

@@ -226,6 +226,18 @@ def lora(tmp_path_factory):
                 peft_logits=peft_logits)
 
 
+def test_model_card_names_its_origin():
+    from qponder_plugin.training.export import model_card
+
+    scratch = model_card({"weights": "trained from scratch"}, base_model=None, out_name="export")
+    assert "- Base model: none\n- Weights: trained from scratch\n" in scratch
+    unknown = model_card({}, base_model=None)
+    assert "- Base model: not recorded\n- Weights: not recorded\n" in unknown
+    tuned = model_card({"weights": "ignored: the base says it"}, base_model="org/base", adapter=True)
+    assert "- Base model: `org/base`\n- Weights: LoRA adapter merged into `org/base`\n" in tuned
+    assert 'load_scorer("path/to/export")' in scratch
+
+
 @pytest.mark.model
 def test_export_merges_lora(lora):
     import torch

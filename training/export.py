@@ -111,7 +111,8 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, base_mo
       ``qponder.json`` already in the checkpoint are kept unless overridden.
     - ``README.md`` is a model card built from ``card``: keys ``data``, ``settings``, ``metrics`` (a metrics dict,
       an :func:`~qponder_plugin.training.evaluate.evaluate` report, or a mapping of eval name to either),
-      ``limits``; optional ``name``, ``description``, ``license``, ``tags``. Missing sections say "not recorded".
+      ``limits``; optional ``name``, ``description``, ``license``, ``tags``, ``weights`` (how a model without a base
+      was made). Missing sections say "not recorded".
 
     The input checkpoint is never modified or deleted. A non-empty ``out_dir`` is refused unless
     ``overwrite=True``; the folder is built next to it and swapped in only when complete. ``dtype`` is passed to
@@ -243,8 +244,12 @@ def model_card(card: Mapping | None, *, base_model: str | None, out_name: str = 
     else:
         metrics_text = f"_{NOT_RECORDED}_"
 
-    how = (f"LoRA adapter merged into `{base_model}`" if adapter else f"full fine-tune of `{base_model}`"
-           if base_model else NOT_RECORDED)
+    if base_model:
+        base_text = f"`{base_model}`"
+        how = f"LoRA adapter merged into `{base_model}`" if adapter else f"full fine-tune of `{base_model}`"
+    else:  # a model trained from scratch says so in card["weights"]
+        base_text = "none" if card.get("weights") else NOT_RECORDED
+        how = card.get("weights") or NOT_RECORDED
     description = card.get("description") or (
         "A reasoning-based image quality scorer in the Q-Ponder format: the model reasons about the image inside "
         "`<think> </think>` and gives one score from 1 (very poor) to 5 (excellent) inside `<answer> </answer>`.")
@@ -253,7 +258,7 @@ def model_card(card: Mapping | None, *, base_model: str | None, out_name: str = 
 
 {description}
 
-- Base model: {f"`{base_model}`" if base_model else NOT_RECORDED}
+- Base model: {base_text}
 - Weights: {how}
 - Answer profile: `{profile}` (declared in `qponder.json`)
 
