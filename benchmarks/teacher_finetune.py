@@ -55,6 +55,7 @@ def main() -> None:
     train_pixels = load_pixels([str(r.image) for r in train], 256)
     val_pixels = load_pixels([str(r.image) for r in val], 224)
     mos = torch.tensor([r.mos for r in train], dtype=torch.float32)
+    truth = np.array([r.mos for r in val])
     target = (mos - mos.mean()) / mos.std()
     print(f"{len(train)} train / {len(val)} val images loaded in {time.perf_counter() - started:.0f} s")
 
@@ -87,7 +88,6 @@ def main() -> None:
         with torch.inference_mode():
             predicted = torch.cat([model(evaluate_view(val_pixels[b:b + 64])).squeeze(1)
                                    for b in range(0, len(val), 64)]).numpy()
-        truth = np.array([r.mos for r in val])
         print(f"{epoch:5d} {np.mean(losses):9.3f} {spearmanr(predicted, truth)[0]:9.3f} "
               f"{pearsonr(predicted, truth)[0]:9.3f} {time.perf_counter() - started:6.0f}", flush=True)
     if args.save:

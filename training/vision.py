@@ -50,8 +50,8 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     image). With ``views > 0``, each crop is one of ``views`` fixed crops per image whose teacher features are
     computed once (see ``fixed_views``). With ``dense_weight``, ``dense_weight`` times the MSE of every output token
     against the teacher's maps at its place is added (fresh crops only). Unreadable images are skipped with a
-    warning. Runs on CUDA when available (the teacher stays where it is; its features are moved). Returns ``output_dir``; the per-step losses (total,
-    feature, MOS, dense) go to ``warmup_log.json``.
+    warning. Runs on CUDA when available (the teacher stays where it is; its features are moved). Returns
+    ``output_dir``; the per-step losses (total, feature, MOS, dense) go to ``warmup_log.json``.
     """
     import torch
     import torch.nn.functional as F
@@ -117,9 +117,10 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
             target = targets[batch, chosen]
         else:
             crops = [augment(pictures[i]) for i in batch]
-            target = teacher_features(teacher, crops, grid if dense_weight else None)
-            target, dense_target = (target[0].to(device), target[1].to(device)) if dense_weight else \
-                (target.to(device), None)
+            if dense_weight:
+                target, dense_target = (t.to(device) for t in teacher_features(teacher, crops, grid))
+            else:
+                target = teacher_features(teacher, crops).to(device)
         inputs = processor.image_processor(images=crops, return_tensors="pt").to(device)
         tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
         tokens = tokens.reshape(len(crops), -1, tokens.shape[-1])

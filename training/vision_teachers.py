@@ -65,7 +65,8 @@ def mobilenet_teacher(weights: str | Path | None = None, device: str | None = No
             if index in MOBILENET_TAPS:
                 pooled += [hidden.mean((2, 3)), hidden.std((2, 3))]
                 tapped.append(hidden)
-        return (torch.cat(pooled, 1), tapped) if maps else torch.cat(pooled, 1)
+        features = torch.cat(pooled, 1)
+        return (features, tapped) if maps else features
 
     return teacher
 
@@ -126,7 +127,7 @@ def dinov2_teacher(weights: str | Path | None = None, device: str | None = None,
         pooled = torch.cat([F.layer_norm(t, t.shape[-1:]) for t in tokens], 1)
         if not maps:
             return pooled
-        rows, columns = (size // 14 for size in pixels.shape[-2:])
+        rows, columns = (size // network.config.patch_size for size in pixels.shape[-2:])
         patches = [F.layer_norm(hidden[tap][:, 1:], hidden[tap].shape[-1:]) for tap in DINOV2_TAPS]
         return pooled, [p.transpose(1, 2).reshape(len(p), -1, rows, columns) for p in patches]
 
