@@ -12,8 +12,8 @@ from qponder_plugin.testing import solid_image
 pytestmark = [pytest.mark.model, pytest.mark.train]
 
 
-@pytest.mark.parametrize("views", [0, 3])
-def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path, views):
+@pytest.mark.parametrize(("views", "distort", "bf16"), [(0, 0.0, False), (3, 0.0, False), (0, 0.5, True)])
+def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path, views, distort, bf16):
     import torch
 
     from qponder_plugin.training.vision import warm_up_vision
@@ -35,7 +35,8 @@ def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path, views
         return pixels.mean((2, 3)) @ projection
 
     out = warm_up_vision(smoke_model, paths, teacher, tmp_path / "warm", epochs=12, batch_size=8,
-                         learning_rate=3e-3, views=views, cache=tmp_path / "views.pt", log_every=0)
+                         learning_rate=3e-3, views=views, cache=tmp_path / "views.pt", distort=distort, bf16=bf16,
+                         log_every=0)
     losses = [entry["loss"] for entry in json.loads((out / "warmup_log.json").read_text())]
     assert len(losses) == 12 * 3
     # one probe for the feature width; then either every step's crops, or a probe and 3 fixed crops per image
@@ -43,6 +44,7 @@ def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path, views
     assert sum(losses[-6:]) / 6 < 0.7 * sum(losses[:6]) / 6
     before, after = load_file(smoke_model / "model.safetensors"), load_file(out / "model.safetensors")
     assert before.keys() == after.keys()
+    assert all(after[name].dtype == before[name].dtype for name in before)  # bf16 is autocast, not the weights
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     in_tower = [name.split(".")[0] == "visual" or ".visual." in name for name in changed]
     assert changed and all(in_tower), sorted(changed)[:5]
@@ -193,3 +195,34 @@ def test_dense_warm_up_fits_every_token(smoke_model, tmp_path):
     assert sum(dense[-6:]) / 6 < 0.5 * sum(dense[:6]) / 6
     assert all(entry["loss"] == pytest.approx(entry["feature_loss"] + 2 * entry["dense_loss"], abs=2e-4)
                for entry in log)
+
+
+def test_distortions_change_the_share_asked_and_keep_the_format():
+    import torch
+
+    from qponder_plugin.training.vision import distortions
+
+    torch.manual_seed(0)
+    textures = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(200)]
+    assert all(torch.equal(distortions(0.0)(t), t) for t in textures[:20])
+    changed = []
+    for share in (1.0, 0.5):
+        outputs = [distortions(share)(t) for t in textures]
+        assert all(o.dtype == torch.uint8 and o.shape == t.shape for o, t in zip(outputs, textures))
+        changed.append(sum(not torch.equal(o, t) for o, t in zip(outputs, textures)))
+    assert changed[0] == len(textures)
+    assert 0.35 * len(textures) < changed[1] < 0.65 * len(textures)
+
+
+def test_distorted_warm_up_needs_fresh_crops_and_no_scores(smoke_model, tmp_path):
+    from qponder_plugin.training.vision import warm_up_vision
+
+    path = tmp_path / "img.png"
+    solid_image(0.5, 64).save(path)
+    def teacher(pixels):
+        return pixels.mean((2, 3))
+
+    with pytest.raises(ValueError, match="distort needs fresh crops"):
+        warm_up_vision(smoke_model, [str(path)], teacher, tmp_path / "out", views=2, distort=0.5)
+    with pytest.raises(ValueError, match="not its image's MOS"):
+        warm_up_vision(smoke_model, [str(path)], teacher, tmp_path / "out", scores=[3.0], distort=0.5)

@@ -18,6 +18,10 @@ With ``dense_weight > 0`` and a teacher that also returns its feature maps (``ma
 grid, through a third temporary head: many targets per crop instead of one, which a tower trained on a few thousand
 images learns much more from.
 
+With ``distort > 0``, that share of the crops also gets one synthetic distortion (blur, noise, JPEG, exposure or
+contrast) before both the teacher and the tower see it: more pictures to match the teacher on, and pictures whose
+quality differs in the ways quality assessment must notice.
+
 A large teacher (a ViT) can cost more per step than the student. With ``views=K``, K crops per image are drawn once
 and the teacher runs on each of them once, up front; every step then picks one of an image's K crops. The crops and
 their features can be kept in a ``cache`` file, so a later stage (the fine-tune) reuses them.
@@ -40,8 +44,8 @@ log = logging.getLogger(__name__)
 def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Callable, output_dir: str | Path, *,
                    scores: Sequence[float] | None = None, score_weight: float = 1.0, epochs: int = 10,
                    batch_size: int = 32, learning_rate: float = 1e-3, crop_scale: float = 0.5, views: int = 0,
-                   cache: str | Path | None = None, dense_weight: float = 0.0, seed: int = 0,
-                   log_every: int = 10) -> Path:
+                   cache: str | Path | None = None, dense_weight: float = 0.0, distort: float = 0.0, bf16: bool = False,
+                   seed: int = 0, log_every: int = 10) -> Path:
     """Distil ``teacher`` into the vision tower of ``checkpoint``; write the whole model to ``output_dir``.
 
     Each step takes ``batch_size`` images, cuts a random crop (``crop_scale``..1 of the area) resized to the
@@ -49,8 +53,10 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     that same crop, plus ``score_weight`` times the MSE of the standardised MOS when ``scores`` are given (one per
     image). With ``views > 0``, each crop is one of ``views`` fixed crops per image whose teacher features are
     computed once (see ``fixed_views``). With ``dense_weight``, ``dense_weight`` times the MSE of every output token
-    against the teacher's maps at its place is added (fresh crops only). Unreadable images are skipped with a
-    warning. Runs on CUDA when available (the teacher stays where it is; its features are moved). Returns
+    against the teacher's maps at its place is added (fresh crops only). With ``distort``, that share of the fresh
+    crops is distorted (``distortions``) before teacher and tower see it. With ``bf16``, the teacher's and the tower's
+    forward passes run under bfloat16 autocast (several times faster on CPUs with AMX and on recent GPUs; the
+    weights and the optimiser stay float32). Unreadable images are skipped with a warning. Runs on CUDA when available (the teacher stays where it is; its features are moved). Returns
     ``output_dir``; the per-step losses (total, feature, MOS, dense) go to ``warmup_log.json``.
     """
     import torch
@@ -70,6 +76,9 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     model, processor = load_policy(checkpoint, freeze_vision=False)
     dtype = model.dtype
     tower = vision_tower(model).to(device=device, dtype=torch.float32).train()
+    embed = getattr(tower, "patch_embed", None) if bf16 else None
+    if embed is not None:  # a bfloat16 patch embedding (a convolution) trains several times slower on CPU
+        embed.forward = _without_autocast(embed.forward, device)
     side = round(pixel_budget(processor.image_processor) ** 0.5)
     pictures, kept = [], []
     for index, path in enumerate(images):
@@ -81,12 +90,15 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     if not pictures:
         raise ValueError("vision warm-up: none of the images could be read")
     augment = v2.Compose([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True),
-                          v2.RandomHorizontalFlip()])
+                          v2.RandomHorizontalFlip()] + ([v2.PILToTensor(), distortions(distort)] if distort else []))
     with torch.no_grad():
         pooled_probe, maps_probe = _split(teacher(torch.rand(1, 3, side, side)))
     width = pooled_probe.shape[-1]
     if dense_weight and (views or maps_probe is None):
         raise ValueError("vision warm-up: dense_weight needs fresh crops (views=0) and a teacher built with maps=True")
+    if distort and (views or scores is not None):
+        raise ValueError("vision warm-up: distort needs fresh crops (views=0) and no scores (a distorted crop's "
+                         "quality is not its image's MOS)")
     if views:
         fixed, targets = fixed_views(pictures, [images[i] for i in kept], teacher, views, side, crop_scale, seed,
                                      cache)
@@ -111,30 +123,31 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         if len(order) < batch_size:
             order += rng.sample(range(len(pictures)), len(pictures))
         batch, order = order[:batch_size], order[batch_size:]
-        if views:
-            chosen = [rng.randrange(views) for _ in batch]
-            crops = [cut(pictures[i], fixed[i][v], side) for i, v in zip(batch, chosen)]
-            target = targets[batch, chosen]
-        else:
-            crops = [augment(pictures[i]) for i in batch]
-            if dense_weight:
-                target, dense_target = (t.to(device) for t in teacher_features(teacher, crops, grid))
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):  # the weights stay float32
+            if views:
+                chosen = [rng.randrange(views) for _ in batch]
+                crops = [cut(pictures[i], fixed[i][v], side) for i, v in zip(batch, chosen)]
+                target = targets[batch, chosen]
             else:
-                target = teacher_features(teacher, crops).to(device)
-        inputs = processor.image_processor(images=crops, return_tensors="pt").to(device)
-        tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
-        tokens = tokens.reshape(len(crops), -1, tokens.shape[-1])
-        pooled = tokens.mean(1)
-        loss = F.mse_loss(head(pooled), target)
-        entry = {"step": step + 1, "feature_loss": round(loss.item(), 5)}
-        if dense_weight:
-            dense_loss = F.mse_loss(dense_head(tokens), dense_target)
-            loss = loss + dense_weight * dense_loss
-            entry["dense_loss"] = round(dense_loss.item(), 5)
-        if scores is not None:
-            mos_loss = F.mse_loss(score_head(pooled).squeeze(1), mos[batch])
-            loss = loss + score_weight * mos_loss
-            entry["mos_loss"] = round(mos_loss.item(), 5)
+                crops = [augment(pictures[i]) for i in batch]
+                if dense_weight:
+                    target, dense_target = (t.to(device) for t in teacher_features(teacher, crops, grid))
+                else:
+                    target = teacher_features(teacher, crops).to(device)
+            inputs = processor.image_processor(images=crops, return_tensors="pt").to(device)
+            tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+            tokens = tokens.reshape(len(crops), -1, tokens.shape[-1])
+            pooled = tokens.mean(1)
+            loss = F.mse_loss(head(pooled), target)
+            entry = {"step": step + 1, "feature_loss": round(loss.item(), 5)}
+            if dense_weight:
+                dense_loss = F.mse_loss(dense_head(tokens), dense_target)
+                loss = loss + dense_weight * dense_loss
+                entry["dense_loss"] = round(dense_loss.item(), 5)
+            if scores is not None:
+                mos_loss = F.mse_loss(score_head(pooled).squeeze(1), mos[batch])
+                loss = loss + score_weight * mos_loss
+                entry["mos_loss"] = round(mos_loss.item(), 5)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -143,6 +156,8 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         history.append({**entry, "loss": round(loss.item(), 5)})
         if log_every and (step + 1) % log_every == 0:
             print(f"vision warm-up step {step + 1}/{steps}: loss {loss.item():.4f}", flush=True)
+    if embed is not None:
+        del embed.forward
     tower.to(device="cpu", dtype=dtype)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
@@ -151,6 +166,30 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         (output_dir / card.name).write_text(card.read_text())
     (output_dir / "warmup_log.json").write_text(json.dumps(history))
     return output_dir
+
+
+def _without_autocast(forward: Callable, device: str) -> Callable:
+    """``forward`` run in float32 even inside an autocast region."""
+    import torch
+
+    def run(pixels):
+        with torch.autocast(device, enabled=False):
+            return forward(pixels.float())
+
+    return run
+
+
+def distortions(share: float):
+    """A transform of uint8 image tensors that gives ``share`` of them one random distortion: Gaussian blur, Gaussian
+    noise, JPEG compression, an exposure shift or a contrast change, each of a random strength."""
+    import torch
+    from torchvision.transforms import v2
+
+    noise = [v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.GaussianNoise(sigma=sigma),
+                         v2.ToDtype(torch.uint8, scale=True)]) for sigma in (0.02, 0.05, 0.1)]
+    return v2.RandomApply([v2.RandomChoice([v2.GaussianBlur(9, sigma=(0.5, 3.0)), v2.RandomChoice(noise),
+                                            v2.JPEG(quality=(5, 50)), v2.ColorJitter(brightness=(0.3, 1.7)),
+                                            v2.ColorJitter(contrast=(0.3, 1.7))])], p=share)
 
 
 def draw_view(picture, crop_scale: float, rng: random.Random) -> tuple:
@@ -176,14 +215,14 @@ def _split(output) -> tuple:
 
 
 def teacher_features(teacher: Callable, crops: list, grid: int | None = None):
-    """The teacher's features of PIL crops, layer-normed per crop, on the CPU. With ``grid``, also its maps
-    average-pooled to ``grid`` x ``grid``, one row per place in raster order (``[B, grid * grid, C]``, layer-normed
-    per place): ``(pooled, dense)``."""
+    """The teacher's features of crops (PIL images or uint8 tensors), layer-normed per crop, on the CPU. With
+    ``grid``, also its maps average-pooled to ``grid`` x ``grid``, one row per place in raster order
+    (``[B, grid * grid, C]``, layer-normed per place): ``(pooled, dense)``."""
     import torch
     import torch.nn.functional as F
     from torchvision.transforms import v2
 
-    pixels = torch.stack([v2.functional.pil_to_tensor(c) for c in crops]).float() / 255.0
+    pixels = torch.stack([v2.functional.to_image(c) for c in crops]).float() / 255.0
     with torch.no_grad():
         features, maps = _split(teacher(pixels))
         features = F.layer_norm(features.float().cpu(), features.shape[-1:])
