@@ -55,9 +55,10 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     computed once (see ``fixed_views``). With ``dense_weight``, ``dense_weight`` times the MSE of every output token
     against the teacher's maps at its place is added (fresh crops only). With ``distort``, that share of the fresh
     crops is distorted (``distortions``) before teacher and tower see it. With ``bf16``, the teacher's and the tower's
-    forward passes run under bfloat16 autocast (several times faster on CPUs with AMX and on recent GPUs; the
-    weights and the optimiser stay float32). Unreadable images are skipped with a warning. Runs on CUDA when available (the teacher stays where it is; its features are moved). Returns
-    ``output_dir``; the per-step losses (total, feature, MOS, dense) go to ``warmup_log.json``.
+    forward passes run under bfloat16 autocast (faster on CPUs with AMX and on recent GPUs; the weights, the
+    optimiser and the patch embedding stay float32). Unreadable images are skipped with a warning. Runs on CUDA when
+    available (the teacher stays where it is; its features are moved). Returns ``output_dir``; the per-step losses
+    (total, feature, MOS, dense) go to ``warmup_log.json``.
     """
     import torch
     import torch.nn.functional as F
