@@ -226,3 +226,15 @@ def test_distorted_warm_up_needs_fresh_crops_and_no_scores(smoke_model, tmp_path
         warm_up_vision(smoke_model, [str(path)], teacher, tmp_path / "out", views=2, distort=0.5)
     with pytest.raises(ValueError, match="not its image's MOS"):
         warm_up_vision(smoke_model, [str(path)], teacher, tmp_path / "out", scores=[3.0], distort=0.5)
+
+
+def test_patch_embedding_stays_float32_under_autocast():
+    import torch
+
+    from qponder_plugin.training.vision import _without_autocast
+
+    layer = torch.nn.Linear(4, 4)
+    pixels = torch.rand(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(pixels).dtype == torch.bfloat16
+        assert _without_autocast(layer.forward, "cpu")(pixels.bfloat16()).dtype == torch.float32
