@@ -219,6 +219,7 @@ def test_distorted_warm_up_needs_fresh_crops_and_no_scores(smoke_model, tmp_path
 
     path = tmp_path / "img.png"
     solid_image(0.5, 64).save(path)
+
     def teacher(pixels):
         return pixels.mean((2, 3))
 
