@@ -2,8 +2,9 @@
 
 Each round runs ``warm_up_vision`` for a fixed number of steps from the bundled nano model, with the recipe's
 MobileNetV2 teacher and dense targets, once in float32 and once with ``bf16=True``, alternating which goes first so
-that machine noise hits both alike. It prints the seconds per step of each, their ratio, and each run's mean loss over
-its last steps (bf16 must learn as well as float32, not just faster). On a CPU without AMX or AVX512-BF16, bfloat16
+that machine noise hits both alike. It prints the seconds per step of each (a whole run's wall time over its steps,
+so loading the model and images and saving the result are included, which understates the ratio), their ratio, and
+each run's mean loss over its last steps (bf16 must learn as well as float32, not just faster). On a CPU without AMX or AVX512-BF16, bfloat16
 matrix products are emulated and the ratio can fall below 1.
 
     .venv/bin/python benchmarks/warmup_precision.py                  # 12 steps of 32 crops, 3 rounds
@@ -52,7 +53,7 @@ def main() -> None:
                 log = json.loads((out / "warmup_log.json").read_text())
                 losses[name].append(statistics.mean(entry["loss"] for entry in log[-4:]))
     for name in times:
-        print(f"{name:8s} {statistics.median(times[name]):6.2f} s/step  "
+        print(f"{name:8s} {statistics.median(times[name]):6.2f} s/step (loading and saving included)  "
               f"loss over the last 4 steps {statistics.mean(losses[name]):.4f}")
     print(f"float32 / bf16 step time: {statistics.median(times['float32']) / statistics.median(times['bf16']):.2f}x")
 
