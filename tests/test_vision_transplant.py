@@ -1,0 +1,83 @@
+"""DINOv2's first blocks carried into a Qwen2.5-VL vision tower: with the rotary angles at zero, the tower computes
+DINOv2's patch embedding and blocks on the patch tokens to float precision, from the Qwen processor's own pixels; the
+language model and processor survive the transplant, and the result scores through the library."""
+
+import pytest
+
+from qponder_plugin import load_scorer
+from qponder_plugin.testing import IMAGE_SIDE, solid_image
+
+pytestmark = [pytest.mark.model, pytest.mark.train]
+
+
+def random_dinov2(blocks: int = 3):
+    """A small DINOv2 with every weight random (LayerNorm and LayerScale too), so no term of the mapping hides."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=128, num_hidden_layers=blocks, num_attention_heads=2, intermediate_size=512,
+                          patch_size=14, image_size=IMAGE_SIDE)
+    model = Dinov2Model(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            parameter.copy_(1 + 0.3 * noise if name.endswith(("norm1.weight", "norm2.weight", "lambda1"))
+                            else 0.1 * noise)
+    return model
+
+
+def test_tower_computes_dinov2_blocks_exactly(smoke_model):
+    import torch
+    from transformers import AutoProcessor
+
+    from qponder_plugin.training.trainers import load_policy, vision_tower
+    from qponder_plugin.training.vision_transplant import IMAGENET, dinov2_as_qwen_tower
+
+    dinov2, blocks = random_dinov2(), 2
+    image_processor = AutoProcessor.from_pretrained(smoke_model).image_processor
+    fields, state = dinov2_as_qwen_tower(dinov2, blocks, image_processor.image_mean, image_processor.image_std)
+    model, _ = load_policy(smoke_model)
+    config = model.config.vision_config
+    for name, value in fields.items():
+        setattr(config, name, value)
+    tower = type(vision_tower(model))._from_config(config).eval()
+    missing, unexpected = tower.load_state_dict(state, strict=False)
+    assert not unexpected and all(name.startswith("merger.") for name in missing)
+    tower.rotary_pos_emb.inv_freq.zero_()  # the one thing that differs by design: rotary positions
+
+    inputs = image_processor(images=[solid_image(0.6, IMAGE_SIDE, seed=3)], return_tensors="pt")
+    with torch.no_grad():
+        ours = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
+        # DINOv2 on the same patches, in ImageNet normalisation, without its class token and positions
+        first_frame = inputs["pixel_values"].reshape(-1, 3, 2, 14, 14)[:, :, 0]
+        ours_mean, ours_std = (torch.tensor(v).view(1, 3, 1, 1) for v in (image_processor.image_mean,
+                                                                            image_processor.image_std))
+        their_mean, their_std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
+        pixels = (first_frame * ours_std + ours_mean - their_mean) / their_std
+        hidden = dinov2.embeddings.patch_embeddings.projection(pixels).flatten(1)[None]
+        for layer in dinov2.encoder.layer[:blocks]:
+            hidden = layer(hidden)
+        expected = hidden[0] - hidden[0].mean(-1, keepdim=True)  # the tower's stream is centred; DINOv2's is not
+    assert ours.shape == expected.shape == (first_frame.shape[0], 128)
+    assert torch.allclose(ours, expected, atol=1e-4 * expected.abs().max().item())
+
+
+def test_transplant_keeps_the_language_model_and_scores(smoke_model, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from qponder_plugin.training.vision_transplant import transplant_dinov2
+
+    out = transplant_dinov2(smoke_model, random_dinov2(), tmp_path / "transplanted", blocks=2)
+    before, after = load_file(smoke_model / "model.safetensors"), load_file(out / "model.safetensors")
+    text = [name for name in before if not name.startswith("visual.")]
+    assert text and all(torch.equal(before[name], after[name]) for name in text)
+    assert after["visual.blocks.0.attn.proj.bias"].abs().sum() > 0  # the patch bias lives there
+    assert len({name.split(".")[2] for name in after if name.startswith("visual.blocks.")}) == 3
+    with pytest.raises(ValueError, match="blocks"):
+        transplant_dinov2(smoke_model, random_dinov2(), tmp_path / "too-deep", blocks=4)
+    with load_scorer(out) as scorer:
+        result = scorer.assess(solid_image(0.5, 64, seed=1))
+    assert result.status in {"ok", "parse_error"}  # a fresh merger: the model runs, its words are not trained
+
