@@ -81,6 +81,11 @@ def dinov2_as_qwen_tower(dinov2, blocks: int, image_mean, image_std) -> tuple[di
     return fields, state
 
 
+def _in_tower(name: str) -> bool:
+    """Whether a state-dict key is the vision tower's (``visual.`` or ``model.visual.``, by transformers version)."""
+    return ".visual." in f".{name}"
+
+
 def transplant_dinov2(checkpoint: str | Path, dinov2, output_dir: str | Path, *, blocks: int = 4,
                       seed: int = 0) -> Path:
     """Write ``checkpoint`` to ``output_dir`` with its vision tower replaced by ``dinov2``'s first ``blocks`` blocks
@@ -103,9 +108,9 @@ def transplant_dinov2(checkpoint: str | Path, dinov2, output_dir: str | Path, *,
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config = source.generation_config
-    kept = {name: value for name, value in source.state_dict().items() if ".visual." not in f".{name}"}
+    kept = {name: value for name, value in source.state_dict().items() if not _in_tower(name)}
     missing, unexpected = model.load_state_dict(kept, strict=False)
-    if unexpected or any(".visual." not in f".{name}" for name in missing):
+    if unexpected or not all(map(_in_tower, missing)):
         raise ValueError(f"transplant: the checkpoint does not fit: missing {missing}, unexpected {unexpected}")
     missing, unexpected = vision_tower(model).load_state_dict(tower_state, strict=False)
     assert not unexpected and all(name.startswith("merger.") for name in missing), (missing, unexpected)
