@@ -3,8 +3,9 @@
 For each checkpoint, the vision tower's output tokens are mean-pooled per image (at the checkpoint's own processor
 size); a ridge regression (scikit-learn ``RidgeCV``, alpha picked by grouped cross-validation on ``train``) maps
 them to MOS, and SRCC/PLCC are reported on ``val``. Comparing the nano recipe's checkpoints (a fresh model, the
-transplanted or warmed-up tower, the vision fine-tune) shows what each stage adds before any language is involved. ``teacher:NAME`` probes
-a warm-up teacher's own features of the whole image at 224 x 224 instead: the ceiling its student aims at.
+transplanted or warmed-up tower, the vision fine-tune) shows what each stage adds before any language is involved.
+``teacher:NAME`` probes a warm-up teacher's own features of the whole image at 224 x 224 instead: the ceiling its
+student aims at.
 
     .venv/bin/python benchmarks/vision_probe.py runs/nano/init runs/nano/transplant runs/nano/tune
     .venv/bin/python benchmarks/vision_probe.py teacher:dinov2 teacher:mobilenet

@@ -4,8 +4,8 @@ Each round runs ``warm_up_vision`` for a fixed number of steps from the bundled 
 MobileNetV2 teacher and dense targets, once in float32 and once with ``bf16=True``, alternating which goes first so
 that machine noise hits both alike. It prints the seconds per step of each (a whole run's wall time over its steps,
 so loading the model and images and saving the result are included, which understates the ratio), their ratio, and
-each run's mean loss over its last steps (bf16 must learn as well as float32, not just faster). On a CPU without AMX or AVX512-BF16, bfloat16
-matrix products are emulated and the ratio can fall below 1.
+each run's mean loss over its last steps (bf16 must learn as well as float32, not just faster). On a CPU without AMX
+or AVX512-BF16, bfloat16 matrix products are emulated and the ratio can fall below 1.
 
     .venv/bin/python benchmarks/warmup_precision.py                  # 12 steps of 32 crops, 3 rounds
     .venv/bin/python benchmarks/warmup_precision.py --steps 40 --rounds 2
