@@ -1,6 +1,7 @@
 """DINOv2's first blocks carried into a Qwen2.5-VL vision tower: with the rotary angles at zero, the tower computes
 DINOv2's patch embedding and blocks on the patch tokens to float precision, from the Qwen processor's own pixels; the
-language model and processor survive the transplant, and the result scores through the library."""
+heads' re-basing keeps every attention score and cuts the rotary embedding's drift; the language model and processor
+survive the transplant, and the result scores through the library."""
 
 import pytest
 
@@ -27,16 +28,16 @@ def random_dinov2(blocks: int = 3):
     return model
 
 
-def test_tower_computes_dinov2_blocks_exactly(smoke_model):
-    import torch
+def qwen_tower(smoke_model, dinov2, blocks: int, calibration=None):
+    """A Qwen2.5-VL vision tower holding ``dinov2``'s first blocks, and the smoke model's image processor."""
     from transformers import AutoProcessor
 
     from qponder_plugin.training.trainers import load_policy, vision_tower
-    from qponder_plugin.training.vision_transplant import IMAGENET, dinov2_as_qwen_tower
+    from qponder_plugin.training.vision_transplant import dinov2_as_qwen_tower
 
-    dinov2, blocks = random_dinov2(), 2
     image_processor = AutoProcessor.from_pretrained(smoke_model).image_processor
-    fields, state = dinov2_as_qwen_tower(dinov2, blocks, image_processor.image_mean, image_processor.image_std)
+    fields, state = dinov2_as_qwen_tower(dinov2, blocks, image_processor.image_mean, image_processor.image_std,
+                                         calibration)
     model, _ = load_policy(smoke_model)
     config = model.config.vision_config
     for name, value in fields.items():
@@ -44,11 +45,31 @@ def test_tower_computes_dinov2_blocks_exactly(smoke_model):
     tower = type(vision_tower(model))._from_config(config).eval()
     missing, unexpected = tower.load_state_dict(state, strict=False)
     assert not unexpected and all(name.startswith("merger.") for name in missing)
-    tower.rotary_pos_emb.inv_freq.zero_()  # the one thing that differs by design: rotary positions
+    return tower, image_processor
 
-    inputs = image_processor(images=[solid_image(0.6, IMAGE_SIDE, seed=3)], return_tensors="pt")
+
+def tower_output(tower, inputs, rotary: bool = True):
+    import torch
+
+    saved = tower.rotary_pos_emb.inv_freq.clone()
+    if not rotary:
+        tower.rotary_pos_emb.inv_freq.zero_()
     with torch.no_grad():
-        ours = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
+        hidden = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
+    tower.rotary_pos_emb.inv_freq.copy_(saved)
+    return hidden
+
+
+def test_tower_computes_dinov2_blocks_exactly(smoke_model):
+    import torch
+
+    from qponder_plugin.training.vision_transplant import IMAGENET
+
+    dinov2, blocks = random_dinov2(), 2
+    tower, image_processor = qwen_tower(smoke_model, dinov2, blocks)
+    inputs = image_processor(images=[solid_image(0.6, IMAGE_SIDE, seed=3)], return_tensors="pt")
+    ours = tower_output(tower, inputs, rotary=False)  # the one thing that differs by design: rotary positions
+    with torch.no_grad():
         # DINOv2 on the same patches, in ImageNet normalisation, without its class token and positions
         first_frame = inputs["pixel_values"].reshape(-1, 3, 2, 14, 14)[:, :, 0]
         ours_mean, ours_std = (torch.tensor(v).view(1, 3, 1, 1) for v in (image_processor.image_mean,
@@ -61,6 +82,67 @@ def test_tower_computes_dinov2_blocks_exactly(smoke_model):
         expected = hidden[0] - hidden[0].mean(-1, keepdim=True)  # the tower's stream is centred; DINOv2's is not
     assert ours.shape == expected.shape == (first_frame.shape[0], 128)
     assert torch.allclose(ours, expected, atol=1e-4 * expected.abs().max().item())
+
+
+def test_rotary_slots_follow_the_towers_turning_rates(smoke_model):
+    """The slot order is read off transformers' own rotary embedding: least turned first, pairs turning together."""
+    import torch
+
+    from qponder_plugin.training.vision_transplant import rotary_slots
+
+    tower, _ = qwen_tower(smoke_model, random_dinov2(1), 1)
+    cos, _ = tower.rotary_pos_emb(torch.zeros(1), torch.tensor([[1, 1]]))  # one step along both axes
+    angle = cos[0].clamp(-1, 1).acos()
+    slots = rotary_slots(64)
+    assert sorted(slots) == list(range(64))
+    assert all(a <= b for a, b in zip(angle[slots], angle[slots][1:]))
+    assert torch.equal(angle[:32], angle[32:])
+    assert angle[slots[0]] < 1e-3 < 0.5 < angle[slots[-1]]
+
+
+def test_rebased_heads_keep_every_score_and_rank_its_parts():
+    import torch
+
+    from qponder_plugin.training.vision_transplant import rebase_heads, rotary_slots
+
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(3 * 128, 128, generator=generator), torch.randn(3 * 128, generator=generator)
+    new_weight, new_bias = rebase_heads(weight, bias, heads=2)
+    x = torch.randn(50, 128, generator=generator)
+
+    def scores(w, b):
+        q, k, v = (x @ w.T + b).split(128, dim=1)
+        return [q[:, h * 64:(h + 1) * 64] @ k[:, h * 64:(h + 1) * 64].T for h in range(2)]
+
+    for before, after in zip(scores(weight, bias), scores(new_weight, new_bias)):
+        assert torch.allclose(before, after, atol=1e-4 * before.abs().max().item())
+    assert torch.equal(new_weight[256:], weight[256:]) and torch.equal(new_bias[256:], bias[256:])  # values kept
+    rows = torch.cat([new_weight, new_bias[:, None]], 1)
+    share = rows[:64].norm(dim=1) * rows[128:192].norm(dim=1)  # head 0: each channel's singular value
+    ranked = share[rotary_slots(64)]
+    assert all(a >= b - 1e-4 for a, b in zip(ranked, ranked[1:])) and ranked[0] > 2 * ranked[-1]
+
+
+def test_rebasing_cuts_the_rotary_drift(smoke_model, monkeypatch):
+    """With the standard rotary angles, the re-based tower stays closer to its rotary-free output than the same
+    blocks carried over channel for channel."""
+    import torch
+    from torchvision.transforms import v2
+
+    from qponder_plugin.training import vision_transplant
+
+    dinov2 = random_dinov2()
+    pictures = [solid_image(0.6, IMAGE_SIDE, seed=seed) for seed in range(4)]
+    calibration = torch.stack([v2.functional.pil_to_tensor(picture) for picture in pictures])
+    drift = {}
+    for name in ("re-based", "as is"):
+        if name == "as is":
+            monkeypatch.setattr(vision_transplant, "rebase_heads", lambda weight, bias, heads, moment: (weight, bias))
+        tower, image_processor = qwen_tower(smoke_model, dinov2, 2, calibration.float() / 255)
+        inputs = image_processor(images=pictures, return_tensors="pt")
+        on, off = tower_output(tower, inputs), tower_output(tower, inputs, rotary=False)
+        drift[name] = ((on - off).norm() / off.norm()).item()
+    assert drift["re-based"] < 0.5 * drift["as is"]
 
 
 def test_transplant_keeps_the_language_model_and_scores(smoke_model, tmp_path):
