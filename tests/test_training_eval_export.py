@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -325,7 +327,13 @@ def test_export_full_model(lora):
 
     from qponder_plugin.training.export import export
 
-    out = export(lora["base"], lora["root"] / "full", card={"limits": "Smoke model: judges nothing."})
+    umask = os.umask(0o022)
+    try:
+        out = export(lora["base"], lora["root"] / "full", card={"limits": "Smoke model: judges nothing."})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # not mkdtemp's owner-only 0700: others can read it
+    assert {stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()} == {0o644}
     info = json.loads((out / "qponder.json").read_text())
     assert info["profile"] == "qponder" and info["merged_adapter"] is False
     assert info["name"] == "qponder-smoke"  # fields of the checkpoint's own qponder.json are kept

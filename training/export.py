@@ -148,6 +148,7 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, base_mo
         (staging / MODEL_CARD).write_text(json.dumps(info, indent=2) + "\n")
         (staging / "README.md").write_text(model_card(card, base_model=base, out_name=out.name, adapter=adapter,
                                                       profile=info["profile"]))
+        _default_modes(staging)
         if out.exists():
             shutil.rmtree(out)  # only reached when empty or overwrite=True, and never an input (checked above)
         staging.rename(out)
@@ -155,6 +156,16 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, base_mo
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _default_modes(folder: Path) -> None:
+    """Give ``folder`` and its files the modes a plain ``mkdir`` and ``open`` would (under the umask), in place of
+    the owner-only ones of ``mkdtemp`` and of some writers, so an export on a shared server is readable by others."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _clean(value):
