@@ -18,16 +18,16 @@ angles at zero the tower computes exactly DINOv2's blocks on the patch tokens al
 q/k channels by large angles across an image, and would scramble DINOv2's position-free attention, so each head's
 queries and keys are re-based (exactly: every score q·k is unchanged) to put the components that carry most of the
 scores in the channels it barely turns. On the nano recipe's transplant this cut the tower's drift from its
-rotary-free output from 41% to 1%. The vision fine-tune (``warm_up_vision`` with scores, at a low learning rate)
-then adapts the tower to its positions. The merger, which maps the tower to the language model, starts fresh.
+rotary-free output from 39% to 1.4% (``benchmarks/rotary_drift.py``). The vision fine-tune (``warm_up_vision`` with
+scores, at a low learning rate) then adapts the tower to its positions. The merger, which maps the tower to the
+language model, starts fresh.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from .vision_teachers import IMAGENET, _normalise
 
@@ -46,7 +46,8 @@ def rotary_slots(head_dim: int) -> list[int]:
 def rebase_heads(qkv_weight, qkv_bias, heads: int, moment=None):
     """``qkv_weight`` and ``qkv_bias`` with each head's query and key rows re-based: every score q·k stays the same,
     and the components that carry most of it move to the channels the rotary embedding turns least (``rotary_slots``).
-    Components are ranked on inputs ``[x, 1]`` whose second moment is ``moment`` (by the weights alone if None)."""
+    Each head's score, a bilinear form in ``[x, 1]``, is whitened by the inputs' second moment ``moment`` (the
+    identity if None: the weights alone decide) and split by SVD into rank-one parts, strongest first."""
     import torch
 
     width = qkv_weight.shape[1]
