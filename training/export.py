@@ -163,9 +163,8 @@ def _default_modes(folder: Path) -> None:
     the owner-only ones of ``mkdtemp`` and of some writers, so an export on a shared server is readable by others."""
     umask = os.umask(0)
     os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _clean(value):
