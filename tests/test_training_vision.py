@@ -81,6 +81,32 @@ def test_warm_up_learns_the_scores_when_given(smoke_model, tmp_path):
     assert all(entry["loss"] > entry["mos_loss"] for entry in log)  # the feature term is still in the sum
 
 
+
+def test_fine_tune_on_scores_alone_gives_the_fresh_merger_its_own_rate(smoke_model, tmp_path):
+    import torch
+
+    from qponder_plugin.training.vision import warm_up_vision
+
+    paths, scores = [], []
+    for i in range(24):
+        path = tmp_path / f"img{i}.png"
+        solid_image(i / 23, 64, seed=i).save(path)
+        paths.append(str(path))
+        scores.append(1 + 4 * i / 23)
+    with pytest.raises(ValueError, match="without a teacher it needs scores"):
+        warm_up_vision(smoke_model, paths, None, tmp_path / "bad")
+    with pytest.raises(ValueError, match="crop is 'resized' or 'native'"):
+        warm_up_vision(smoke_model, paths, None, tmp_path / "bad", scores=scores, crop="centre")
+    # The blocks' rate is 0: only the merger (and the temporary head) may move, and they must learn the scores.
+    out = warm_up_vision(smoke_model, paths, None, tmp_path / "tuned", scores=scores, epochs=12, batch_size=8,
+                         learning_rate=0.0, fresh_learning_rate=3e-3, crop="native", log_every=0)
+    log = json.loads((out / "warmup_log.json").read_text())
+    assert all("feature_loss" not in entry and entry["loss"] == entry["mos_loss"] for entry in log)
+    assert sum(e["mos_loss"] for e in log[-6:]) / 6 < 0.5 * sum(e["mos_loss"] for e in log[:6]) / 6
+    before, after = load_file(smoke_model / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(".merger." in f".{name}" for name in changed), sorted(changed)[:5]
+
 def test_fixed_views_are_computed_once_then_read_from_the_cache(tmp_path):
     import torch
 

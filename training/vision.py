@@ -12,6 +12,9 @@ so the loss does not depend on the teacher's feature scale.
 
 Given ``scores`` (the images' MOS), a second temporary head also regresses the standardised MOS from the same pooled
 tokens, so the tower keeps the teacher's features and learns which of them carry quality: the vision fine-tune.
+Without a teacher, the MOS alone is fitted: a pretrained (transplanted) tower's end-to-end fine-tune, its
+blocks at a low learning rate and its fresh merger at a higher one (``fresh_learning_rate``), on crops that keep
+the scale of the image's detail (``crop="native"``).
 
 With ``dense_weight > 0`` and a teacher that also returns its feature maps (``maps=True`` in
 ``vision_teachers``), each of the tower's output tokens also regresses the teacher's maps pooled to the tokens'
@@ -40,9 +43,10 @@ from qponder_plugin.images import ImageError, load_image
 log = logging.getLogger(__name__)
 
 
-def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Callable, output_dir: str | Path, *,
-                   scores: Sequence[float] | None = None, score_weight: float = 1.0, epochs: int = 10,
-                   batch_size: int = 32, learning_rate: float = 1e-3, crop_scale: float = 0.5, views: int = 0,
+def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Callable | None, output_dir: str | Path,
+                   *, scores: Sequence[float] | None = None, score_weight: float = 1.0, epochs: int = 10,
+                   batch_size: int = 32, learning_rate: float = 1e-3, fresh_learning_rate: float | None = None,
+                   crop: str = "resized", crop_scale: float = 0.5, views: int = 0,
                    cache: str | Path | None = None, dense_weight: float = 0.0, distort: float = 0.0, bf16: bool = False,
                    seed: int = 0, log_every: int = 10) -> Path:
     """Distil ``teacher`` into the vision tower of ``checkpoint``; write the whole model to ``output_dir``.
@@ -50,9 +54,15 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     Each step takes ``batch_size`` images, cuts a random crop (``crop_scale``..1 of the area) resized to the
     processor's input size, flips half of them, and fits the student's pooled tokens to the teacher's features of
     that same crop, plus ``score_weight`` times the MSE of the standardised MOS when ``scores`` are given (one per
-    image). With ``views > 0``, each crop is one of ``views`` fixed crops per image whose teacher features are
-    computed once (see ``fixed_views``). With ``dense_weight``, ``dense_weight`` times the MSE of every output token
-    against the teacher's maps at its place is added (fresh crops only). With ``distort``, that share of the fresh
+    image). With ``teacher=None`` only the MOS term is fitted: the vision fine-tune end to end.
+    ``fresh_learning_rate`` (default: ``learning_rate``) is the rate of the merger and the temporary heads, which
+    start from scratch, while the tower's blocks keep ``learning_rate``: a transplanted tower's pretrained blocks
+    take a low rate that would leave a fresh merger almost untrained. ``crop="native"`` resizes each image to 8/7 of
+    the input side and cuts a random input-sized crop instead, so blur, noise and artefacts keep the scale that the
+    whole-image view shows: the right crop for a MOS target. With ``views > 0``, each crop is one of ``views`` fixed
+    crops per image whose teacher features are computed once (see ``fixed_views``). With ``dense_weight``,
+    ``dense_weight`` times the MSE of every output token against the teacher's maps at its place is added (fresh
+    crops only). With ``distort``, that share of the fresh
     crops is distorted (``distortions``) before teacher and tower see it. With ``bf16``, the teacher's and the tower's
     forward passes run under bfloat16 autocast (faster on CPUs with AMX and on recent GPUs; the weights, the
     optimiser and the patch embedding stay float32). Unreadable images are skipped with a warning. Runs on CUDA when
@@ -69,6 +79,10 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
 
     if scores is not None and len(scores) != len(images):
         raise ValueError(f"vision warm-up: {len(scores)} scores for {len(images)} images")
+    if teacher is None and (scores is None or views or dense_weight or distort):
+        raise ValueError("vision warm-up: without a teacher it needs scores, and no views, dense_weight or distort")
+    if crop not in ("resized", "native"):
+        raise ValueError(f"vision warm-up: crop is 'resized' or 'native', not {crop!r}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     output_dir = Path(output_dir)
@@ -89,11 +103,16 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
             log.warning("vision warm-up skips an image: %s", exc)
     if not pictures:
         raise ValueError("vision warm-up: none of the images could be read")
-    augment = v2.Compose([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True),
-                          v2.RandomHorizontalFlip()] + ([v2.PILToTensor(), distortions(distort)] if distort else []))
-    with torch.no_grad():
-        pooled_probe, maps_probe = _split(teacher(torch.rand(1, 3, side, side)))
-    width = pooled_probe.shape[-1]
+    cropping = ([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True)] if crop == "resized"
+                else [v2.Resize((side * 8 // 7,) * 2, antialias=True), v2.RandomCrop(side)])
+    augment = v2.Compose(cropping + [v2.RandomHorizontalFlip()]
+                         + ([v2.PILToTensor(), distortions(distort)] if distort else []))
+    maps_probe, heads = None, []
+    if teacher is not None:  # a head from the pooled tokens to the teacher's features
+        with torch.no_grad():
+            pooled_probe, maps_probe = _split(teacher(torch.rand(1, 3, side, side)))
+        head = torch.nn.Linear(model.config.vision_config.out_hidden_size, pooled_probe.shape[-1]).to(device)
+        heads.append(head)
     if dense_weight and (views or maps_probe is None):
         raise ValueError("vision warm-up: dense_weight needs fresh crops (views=0) and a teacher built with maps=True")
     if distort and (views or scores is not None):
@@ -103,21 +122,26 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         fixed, targets = fixed_views(pictures, [images[i] for i in kept], teacher, views, side, crop_scale, seed,
                                      cache)
         targets = targets.to(device)
-    head = torch.nn.Linear(model.config.vision_config.out_hidden_size, width).to(device)
-    parameters = list(tower.parameters()) + list(head.parameters())
     if scores is not None:  # the MOS of the images read, standardised, and a head to predict it
         mos = torch.tensor([float(scores[i]) for i in kept])
         mos = ((mos - mos.mean()) / mos.std(correction=0).clamp_min(1e-6)).to(device)
         score_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, 1).to(device)
-        parameters += list(score_head.parameters())
+        heads.append(score_head)
     if dense_weight:  # output tokens form a grid of side / (patch size x merge size) per side
         config = model.config.vision_config
         grid = side // (config.patch_size * config.spatial_merge_size)
         dense_head = torch.nn.Linear(config.out_hidden_size, sum(m.shape[1] for m in maps_probe)).to(device)
-        parameters += list(dense_head.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
+        heads.append(dense_head)
+    merger = getattr(tower, "merger", None)
+    fresh = (list(merger.parameters()) if merger is not None else []) + [p for h in heads for p in h.parameters()]
+    fresh_ids = {id(p) for p in fresh}
+    groups = [{"params": [p for p in tower.parameters() if id(p) not in fresh_ids], "lr": learning_rate},
+              {"params": fresh, "lr": learning_rate if fresh_learning_rate is None else fresh_learning_rate}]
+    parameters = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.05)
     steps = epochs * max(1, len(pictures) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[group["lr"] for group in groups],
+                                                   total_steps=steps, pct_start=0.05)
     history, order = [], []
     for step in range(steps):
         if len(order) < batch_size:
@@ -130,7 +154,9 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
                 target = targets[batch, chosen]
             else:
                 crops = [augment(pictures[i]) for i in batch]
-                if dense_weight:
+                if teacher is None:
+                    target = None
+                elif dense_weight:
                     target, dense_target = (t.to(device) for t in teacher_features(teacher, crops, grid))
                 else:
                     target = teacher_features(teacher, crops).to(device)
@@ -138,8 +164,10 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
             tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
             tokens = tokens.reshape(len(crops), -1, tokens.shape[-1])
             pooled = tokens.mean(1)
-            loss = F.mse_loss(head(pooled), target)
-            entry = {"step": step + 1, "feature_loss": round(loss.item(), 5)}
+            loss, entry = torch.zeros((), device=device), {"step": step + 1}
+            if target is not None:
+                loss = F.mse_loss(head(pooled), target)
+                entry["feature_loss"] = round(loss.item(), 5)
             if dense_weight:
                 dense_loss = F.mse_loss(dense_head(tokens), dense_target)
                 loss = loss + dense_weight * dense_loss
