@@ -12,6 +12,15 @@ from qponder_plugin.testing import solid_image
 pytestmark = [pytest.mark.model, pytest.mark.train]
 
 
+def brightness_scored(folder, count: int = 24) -> tuple[list[str], list[float]]:
+    """Flat images of rising brightness and their "quality" 1-5: learnable from the pixels alone."""
+    paths = []
+    for i in range(count):
+        solid_image(i / (count - 1), 64, seed=i).save(folder / f"img{i}.png")
+        paths.append(str(folder / f"img{i}.png"))
+    return paths, [1 + 4 * i / (count - 1) for i in range(count)]
+
+
 @pytest.mark.parametrize(("views", "distort", "bf16"), [(0, 0.0, False), (3, 0.0, False), (0, 0.5, True)])
 def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path, views, distort, bf16):
     import torch
@@ -58,12 +67,7 @@ def test_warm_up_learns_the_scores_when_given(smoke_model, tmp_path):
 
     from qponder_plugin.training.vision import warm_up_vision
 
-    paths, scores = [], []
-    for i in range(24):
-        path = tmp_path / f"img{i}.png"
-        solid_image(i / 23, 64, seed=i).save(path)
-        paths.append(str(path))
-        scores.append(1 + 4 * i / 23)  # brightness is the "quality": learnable from the pixels alone
+    paths, scores = brightness_scored(tmp_path)
     (tmp_path / "broken.png").write_bytes(b"not a png")  # skipped with its score; the others stay aligned
     paths.insert(0, str(tmp_path / "broken.png"))
     scores.insert(0, 5.0)
@@ -87,12 +91,7 @@ def test_fine_tune_on_scores_alone_gives_the_fresh_merger_its_own_rate(smoke_mod
 
     from qponder_plugin.training.vision import warm_up_vision
 
-    paths, scores = [], []
-    for i in range(24):
-        path = tmp_path / f"img{i}.png"
-        solid_image(i / 23, 64, seed=i).save(path)
-        paths.append(str(path))
-        scores.append(1 + 4 * i / 23)
+    paths, scores = brightness_scored(tmp_path)
     with pytest.raises(ValueError, match="without a teacher it needs scores"):
         warm_up_vision(smoke_model, paths, None, tmp_path / "bad")
     with pytest.raises(ValueError, match="crop is 'resized' or 'native'"):
