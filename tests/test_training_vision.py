@@ -85,7 +85,6 @@ def test_warm_up_learns_the_scores_when_given(smoke_model, tmp_path):
     assert all(entry["loss"] > entry["mos_loss"] for entry in log)  # the feature term is still in the sum
 
 
-
 def test_fine_tune_on_scores_alone_gives_the_fresh_merger_its_own_rate(smoke_model, tmp_path):
     import torch
 
@@ -105,6 +104,7 @@ def test_fine_tune_on_scores_alone_gives_the_fresh_merger_its_own_rate(smoke_mod
     before, after = load_file(smoke_model / "model.safetensors"), load_file(out / "model.safetensors")
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(".merger." in f".{name}" for name in changed), sorted(changed)[:5]
+
 
 def test_fixed_views_are_computed_once_then_read_from_the_cache(tmp_path):
     import torch

@@ -62,9 +62,8 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     whole-image view shows: the right crop for a MOS target. With ``views > 0``, each crop is one of ``views`` fixed
     crops per image whose teacher features are computed once (see ``fixed_views``). With ``dense_weight``,
     ``dense_weight`` times the MSE of every output token against the teacher's maps at its place is added (fresh
-    crops only). With ``distort``, that share of the fresh
-    crops is distorted (``distortions``) before teacher and tower see it. With ``bf16``, the teacher's and the tower's
-    forward passes run under bfloat16 autocast (faster on CPUs with AMX and on recent GPUs; the weights, the
+    crops only). With ``distort``, that share of the fresh crops is distorted (``distortions``) before teacher and
+    tower see it. With ``bf16``, the teacher's and the tower's forward passes run under bfloat16 autocast (faster on CPUs with AMX and on recent GPUs; the weights, the
     optimiser and the patch embedding stay float32). Unreadable images are skipped with a warning. Runs on CUDA when
     available (the teacher stays where it is; its features are moved). Returns ``output_dir``; the per-step losses
     (total, feature, MOS, dense) go to ``warmup_log.json``.
