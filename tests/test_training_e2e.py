@@ -75,7 +75,12 @@ def test_recipe_end_to_end(smoke_model, labels, tmp_path):
         log = json.loads((trained / "training_log.json").read_text())
         assert any("loss" in entry for entry in log)
     changed = weights_changed(smoke_model, full)
-    assert changed["language"] and not changed["vision"]
+    assert changed["language"] and not changed["vision"] and not changed["merger"]
+    # LoRA, with the vision tower at rates of its own (blocks held at 0, the merger trained): merged into the output.
+    tower = tmp_path / "sft-tower"
+    run("train", "sft", "--data", out, "--model", smoke_model, "--output", tower, "--config", config,
+        "--arg", "learning_rate=0.01", "--vision-lr", 0, 0.01)
+    assert weights_changed(smoke_model, tower) == {"language": True, "vision": False, "merger": True}
 
     # GRPO from the LoRA SFT checkpoint with every built-in reward; per-reward means are logged.
     grpo = tmp_path / "grpo"
@@ -108,8 +113,29 @@ def test_recipe_end_to_end(smoke_model, labels, tmp_path):
 
 
 def weights_changed(before, after) -> dict:
-    """Which towers moved between two checkpoints (saved names: ``visual.*`` and ``model.layers.*``)."""
+    """Which parts moved between two checkpoints (saved names: ``model.layers.*``, ``visual.merger.*`` and the vision
+    blocks' other ``visual.*``)."""
     old, new = load_file(before / "model.safetensors"), load_file(after / "model.safetensors")
     moved = {name for name in old if not np.array_equal(old[name].numpy(), new[name].numpy())}
     return {"language": any(n.startswith("model.layers.") for n in moved),
-            "vision": any(n.startswith("visual.") for n in moved)}
+            "vision": any(n.startswith("visual.") and not n.startswith("visual.merger.") for n in moved),
+            "merger": any(n.startswith("visual.merger.") for n in moved)}
+
+
+def test_grpo_gives_the_vision_tower_its_own_rates_beside_lora(smoke_model, labels, tmp_path):
+    from qponder_plugin.training.data import read_mos, to_dataset
+    from qponder_plugin.training.trainers import build_grpo, vision_tower
+
+    records = list(read_mos(labels, split="train", score_range=(1, 5)))
+    trainer, _ = build_grpo(smoke_model, to_dataset(records), tmp_path, vision_learning_rates=(1e-6, 1e-5),
+                            args={"learning_rate": 1e-4, "max_steps": 1})
+    assert trainer.create_optimizer() is trainer.optimizer  # the Trainer keeps it and schedules it
+    rate = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    trainable = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert len(rate) == len(trainable)
+    # Under LoRA the tower trains whole beside the adapter (peft's modules_to_save): its trainable copy has the rates.
+    tower = {name: p for name, p in vision_tower(trainer.model).named_parameters() if p.requires_grad}
+    assert tower and all(rate[id(p)] == (1e-5 if ".merger." in name else 1e-6) for name, p in tower.items())
+    assert {rate[id(p)] for p in tower.values()} == {1e-6, 1e-5}
+    lora = [p for name, p in trainable.items() if "lora_" in name]
+    assert lora and all(rate[id(p)] == 1e-4 for p in lora)

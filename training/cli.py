@@ -71,6 +71,9 @@ def training_options(function):
         click.option("--lora-r", type=int, default=16, show_default=True),
         click.option("--lora-alpha", type=int, default=32, show_default=True),
         click.option("--freeze-vision/--train-vision", default=True, show_default=True),
+        click.option("--vision-lr", "vision_learning_rates", type=float, nargs=2, metavar="BLOCKS MERGER",
+                     help="Train the vision tower with its own learning rates: its blocks' and its merger's "
+                          "(e.g. a pretrained tower's blocks low and its merger higher)."),
         click.option("--arg", "trainer_args", multiple=True, metavar="KEY=VALUE",
                      help="A trainer setting (any SFTConfig/GRPOConfig field), e.g. --arg max_steps=100."),
     ]
@@ -127,7 +130,7 @@ def distill(data, dataset, image_root, split, score_range, teacher_model, teache
 @click.option("--output", required=True, type=click.Path(file_okay=False))
 @training_options
 @click.pass_context
-def sft(ctx, data, model, output, lora, lora_r, lora_alpha, freeze_vision, trainer_args):
+def sft(ctx, data, model, output, lora, lora_r, lora_alpha, freeze_vision, vision_learning_rates, trainer_args):
     """Supervised cold start on distilled reasoning (loss on the completion only)."""
     from .data import MosRecord, to_dataset
     from .distill import read_distilled
@@ -139,7 +142,8 @@ def sft(ctx, data, model, output, lora, lora_r, lora_alpha, freeze_vision, train
     records = [MosRecord(r["image"], r["mos"], r["mos"], None, r["image"], None) for r in rows]
     dataset = to_dataset(records, with_completion=[r["completion"] for r in rows])
     path = run_sft(model, dataset, output, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
-                   freeze_vision=freeze_vision, args=_trainer_args(ctx, trainer_args))
+                   freeze_vision=freeze_vision, vision_learning_rates=vision_learning_rates,
+                   args=_trainer_args(ctx, trainer_args))
     click.echo(f"saved {path}")
 
 
@@ -154,7 +158,7 @@ def sft(ctx, data, model, output, lora, lora_r, lora_alpha, freeze_vision, train
 @training_options
 @click.pass_context
 def grpo(ctx, data, dataset, image_root, split, score_range, model, output, rewards, reward_weights, lora, lora_r,
-         lora_alpha, freeze_vision, trainer_args):
+         lora_alpha, freeze_vision, vision_learning_rates, trainer_args):
     """GRPO with score-accuracy and reasoning-consistency rewards."""
     from .data import to_dataset
     from .trainers import run_grpo
@@ -164,7 +168,8 @@ def grpo(ctx, data, dataset, image_root, split, score_range, model, output, rewa
     try:
         path = run_grpo(model, to_dataset(list(records)), output, rewards=rewards.split(","),
                         reward_weights=weights, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
-                        freeze_vision=freeze_vision, args=_trainer_args(ctx, trainer_args))
+                        freeze_vision=freeze_vision, vision_learning_rates=vision_learning_rates,
+                        args=_trainer_args(ctx, trainer_args))
     except (KeyError, ValueError) as exc:
         raise click.UsageError(str(exc).strip("'\"")) from exc
     click.echo(f"saved {path}")

@@ -1,9 +1,10 @@
 """SFT (cold start) and GRPO on trl + peft.
 
-Both load a checkpoint (a full model, or a LoRA adapter, merged on load), optionally freeze the vision tower, and
-save a standalone checkpoint with the LoRA merged (the adapter itself is kept
-in ``adapter/``), so each stage's output feeds the next stage and every backend as it is. LoRA goes on the
-language model only: a bare suffix list such as ``q_proj`` would also match the vision MLP.
+Both load a checkpoint (a full model, or a LoRA adapter, merged on load), freeze the vision tower or train it (at
+the language model's rate, or at rates of its own: ``vision_learning_rates``), and save a standalone checkpoint with
+the LoRA merged (the adapter itself is kept in ``adapter/``), so each stage's output feeds the next stage and every
+backend as it is. LoRA goes on the language model only: a bare suffix list such as ``q_proj`` would also match the
+vision MLP.
 Trainer settings come from ``args`` (any ``SFTConfig`` / ``GRPOConfig`` field) over our defaults: CPU float32
 here, bf16 on a CUDA GPU. Multi-GPU is accelerate's job: ``accelerate launch -m qponder_plugin train sft ...``.
 """
@@ -37,12 +38,45 @@ def load_policy(checkpoint: str | Path, *, freeze_vision: bool = True):
 
 
 def vision_tower(model):
-    """The vision encoder of a multimodal model (Qwen2.5-VL's ``visual``, or its peers' names)."""
+    """The vision encoder of a multimodal model (Qwen2.5-VL's ``visual``, or its peers' names), under peft too."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     for name in ("visual", "vision_tower", "vision_model"):
         for owner in (model, getattr(model, "model", None)):
             if owner is not None and hasattr(owner, name):
                 return getattr(owner, name)
     raise AttributeError(f"{type(model).__name__} has no vision tower")
+
+
+def vision_rate_optimizer(trainer, blocks_rate: float, merger_rate: float):
+    """An AdamW for ``trainer.model`` in which the vision tower's blocks and its merger have learning rates of their
+    own, and everything else keeps the trainer's; betas, epsilon and weight decay (not on biases and norms) come from
+    the trainer's args. The trainer's schedule then scales every group alike."""
+    import torch
+
+    model, args = trainer.model, trainer.args
+    tower = vision_tower(model)
+    rates = {id(p): merger_rate if "merger." in name else blocks_rate for name, p in tower.named_parameters()}
+    decayed = set(trainer.get_decay_parameter_names(model))
+    groups: dict[tuple[float, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            groups.setdefault((rates.get(id(parameter), args.learning_rate), name in decayed), []).append(parameter)
+    return torch.optim.AdamW([{"params": params, "lr": rate, "weight_decay": args.weight_decay if decay else 0.0}
+                              for (rate, decay), params in groups.items()],
+                             betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+
+
+def _policy(checkpoint, lora: bool, lora_r: int, lora_alpha: int, freeze_vision: bool, vision_learning_rates):
+    """Model, processor and peft config of a stage; rates of the tower's own imply that it trains."""
+    freeze_vision = freeze_vision and vision_learning_rates is None
+    model, processor = load_policy(checkpoint, freeze_vision=freeze_vision)
+    return model, processor, lora_config(lora_r, lora_alpha, train_vision=not freeze_vision) if lora else None
+
+
+def _with_vision_rates(trainer, rates: tuple[float, float] | None):
+    if rates is not None:  # the Trainer keeps an optimizer it is given and builds its schedule on it
+        trainer.optimizer = vision_rate_optimizer(trainer, *rates)
+    return trainer
 
 
 def save_with_card(model, processor, output_dir: str | Path, source: str | Path) -> Path:
@@ -58,10 +92,13 @@ def save_with_card(model, processor, output_dir: str | Path, source: str | Path)
     return output_dir
 
 
-def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05):
+def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, *, train_vision: bool = False):
+    """LoRA on the language model; a vision tower that trains is fully trained beside it (``modules_to_save``), since
+    peft freezes everything outside the adapter."""
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, task_type="CAUSAL_LM",
+                      modules_to_save=["visual"] if train_vision else None)
 
 
 def trainer_defaults() -> dict:
@@ -87,21 +124,23 @@ def _finish(trainer, processor, output_dir: Path, lora: bool) -> Path:
 
 
 def run_sft(checkpoint, train_dataset, output_dir, *, lora: bool = True, lora_r: int = 16, lora_alpha: int = 32,
-            freeze_vision: bool = True, args: dict | None = None) -> Path:
+            freeze_vision: bool = True, vision_learning_rates: tuple[float, float] | None = None,
+            args: dict | None = None) -> Path:
     """Cross-entropy on the completions only; ``train_dataset`` comes from ``data.to_dataset(...,
-    with_completion=...)`` (image paths, decoded on access). Returns the output folder."""
+    with_completion=...)`` (image paths, decoded on access). ``vision_learning_rates`` (blocks, merger) trains the
+    vision tower at those rates whatever ``freeze_vision`` says. Returns the output folder."""
     from trl import SFTConfig, SFTTrainer
 
     from .data import load_images
 
     output_dir = Path(output_dir)
-    model, processor = load_policy(checkpoint, freeze_vision=freeze_vision)
+    model, processor, peft_config = _policy(checkpoint, lora, lora_r, lora_alpha, freeze_vision, vision_learning_rates)
     train_dataset = train_dataset.with_transform(load_images)
     config = SFTConfig(output_dir=str(output_dir), **{**trainer_defaults(), "completion_only_loss": True,
                                                       "max_length": None, **(args or {})})
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, processing_class=processor,
-                         peft_config=lora_config(lora_r, lora_alpha) if lora else None)
-    trainer.train()
+                         peft_config=peft_config)
+    _with_vision_rates(trainer, vision_learning_rates).train()
     return _finish(trainer, processor, output_dir, lora)
 
 
@@ -121,9 +160,10 @@ def resolve_rewards(names: list[str], weights: list[float] | None = None) -> tup
 
 def build_grpo(checkpoint, train_dataset, output_dir, *, rewards=("format", "accuracy", "consistency"),
                reward_weights=None, lora: bool = True, lora_r: int = 16, lora_alpha: int = 32,
-               freeze_vision: bool = True, args: dict | None = None):
+               freeze_vision: bool = True, vision_learning_rates: tuple[float, float] | None = None,
+               args: dict | None = None):
     """A ready ``trl.GRPOTrainer`` on ``data.to_dataset(...)`` rows, with our rewards bound to it (``bind(trainer)``
-    for model-based rewards such as ``consistency``)."""
+    for model-based rewards such as ``consistency``). ``vision_learning_rates`` as in ``run_sft``."""
     from trl import GRPOConfig, GRPOTrainer
 
     from .data import load_images
@@ -135,17 +175,17 @@ def build_grpo(checkpoint, train_dataset, output_dir, *, rewards=("format", "acc
     reward_funcs, weights = resolve_rewards(list(rewards), reward_weights)
     # A reward bound to a trainer holds its model: give this trainer its own copy of the registered instance.
     reward_funcs = [copy.copy(r) if hasattr(r, "bind") else r for r in reward_funcs]
-    model, processor = load_policy(checkpoint, freeze_vision=freeze_vision)
+    model, processor, peft_config = _policy(checkpoint, lora, lora_r, lora_alpha, freeze_vision, vision_learning_rates)
     # Two or more images per step, so rank_fidelity has something to rank against.
     settings = {**trainer_defaults(), "num_generations": 4, "per_device_train_batch_size": 8,
                 "max_completion_length": 256, "temperature": 1.0, "beta": 0.04, **(args or {})}
     config = GRPOConfig(output_dir=str(output_dir), reward_weights=weights, **settings)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
-                          processing_class=processor, peft_config=lora_config(lora_r, lora_alpha) if lora else None)
+                          processing_class=processor, peft_config=peft_config)
     for reward in reward_funcs:
         if hasattr(reward, "bind"):
             reward.bind(trainer)
-    return trainer, processor
+    return _with_vision_rates(trainer, vision_learning_rates), processor
 
 
 def run_grpo(checkpoint, train_dataset, output_dir, **options) -> Path:
