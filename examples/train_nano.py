@@ -129,7 +129,7 @@ def main() -> None:
                         help="train images (spread evenly) on which the transplant ranks each attention head's score "
                              "components for the rotary re-basing (0: by the weights alone)")
     parser.add_argument("--warmup-epochs", type=int, default=0, help="vision warm-up epochs (0: skip the stage)")
-    parser.add_argument("--tune-epochs", type=int, default=6,
+    parser.add_argument("--tune-epochs", type=int, default=10,
                         help="vision fine-tune epochs: the tower end to end on the train MOS (0: skip)")
     parser.add_argument("--tune-lr", type=float, default=2e-5, help="the fine-tune's rate for the tower's blocks")
     parser.add_argument("--tune-fresh-lr", type=float, default=3e-4,
