@@ -47,6 +47,13 @@ def vision_tower(model):
     raise AttributeError(f"{type(model).__name__} has no vision tower")
 
 
+def tower_parts(tower) -> tuple[list, list]:
+    """The vision tower's parameters outside its merger (patch embedding and blocks), and its merger's. By name, so
+    the trainable copy inside a peft wrapper counts too."""
+    named = list(tower.named_parameters())
+    return [p for n, p in named if "merger." not in n], [p for n, p in named if "merger." in n]
+
+
 def vision_rate_optimizer(trainer, blocks_rate: float, merger_rate: float):
     """An AdamW for ``trainer.model`` in which the vision tower's blocks and its merger have learning rates of their
     own, and everything else keeps the trainer's; betas, epsilon and weight decay (not on biases and norms) come from
@@ -54,8 +61,8 @@ def vision_rate_optimizer(trainer, blocks_rate: float, merger_rate: float):
     import torch
 
     model, args = trainer.model, trainer.args
-    tower = vision_tower(model)
-    rates = {id(p): merger_rate if "merger." in name else blocks_rate for name, p in tower.named_parameters()}
+    blocks, merger = tower_parts(vision_tower(model))
+    rates = {**{id(p): blocks_rate for p in blocks}, **{id(p): merger_rate for p in merger}}
     decayed = set(trainer.get_decay_parameter_names(model))
     groups: dict[tuple[float, bool], list] = {}
     for name, parameter in model.named_parameters():

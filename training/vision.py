@@ -74,7 +74,7 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
 
     from qponder_plugin.backends.hf import pixel_budget
 
-    from .trainers import load_policy, save_with_card, vision_tower
+    from .trainers import load_policy, save_with_card, tower_parts, vision_tower
 
     if scores is not None and len(scores) != len(images):
         raise ValueError(f"vision warm-up: {len(scores)} scores for {len(images)} images")
@@ -131,11 +131,10 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         grid = side // (config.patch_size * config.spatial_merge_size)
         dense_head = torch.nn.Linear(config.out_hidden_size, sum(m.shape[1] for m in maps_probe)).to(device)
         heads.append(dense_head)
-    merger = getattr(tower, "merger", None)
-    fresh = (list(merger.parameters()) if merger is not None else []) + [p for h in heads for p in h.parameters()]
-    fresh_ids = {id(p) for p in fresh}
-    groups = [{"params": [p for p in tower.parameters() if id(p) not in fresh_ids], "lr": learning_rate},
-              {"params": fresh, "lr": learning_rate if fresh_learning_rate is None else fresh_learning_rate}]
+    blocks, merger = tower_parts(tower)
+    groups = [{"params": blocks, "lr": learning_rate},
+              {"params": merger + [p for h in heads for p in h.parameters()],
+               "lr": learning_rate if fresh_learning_rate is None else fresh_learning_rate}]
     parameters = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.05)
     steps = epochs * max(1, len(pictures) // batch_size)
