@@ -170,7 +170,9 @@ def main() -> None:
     parser.add_argument("--grpo-lr", type=float, default=1e-4)
     parser.add_argument("--grpo-vision-lr", type=float, nargs=2, default=(0, 0), metavar=("BLOCKS", "MERGER"),
                         help="GRPO's rates for the vision tower's blocks and its merger (0 0: frozen)")
-    parser.add_argument("--grpo-batch-size", type=int, default=16, help="completions per step (4 per image)")
+    parser.add_argument("--grpo-generations", type=int, default=4, help="completions sampled per image (the group)")
+    parser.add_argument("--grpo-batch-size", type=int, default=16,
+                        help="completions per step (a multiple of --grpo-generations; two images or more)")
     parser.add_argument("--grpo-rewards", default="format=0.5,accuracy_gaussian=1,consistency=0.25,rank_fidelity=1",
                         help="comma-separated reward=weight pairs (registered rewards)")
     parser.add_argument("--export-dtype", default="float16", help="dtype of the exported weights")
@@ -255,7 +257,8 @@ def main() -> None:
         reports["sft"] = summarise(evaluate(scorer, val_records, out / "eval", name="sft"))
     grpo_args = {"max_steps": 1 if args.smoke else args.grpo_steps, "learning_rate": args.grpo_lr,
                  "per_device_train_batch_size": 8 if args.smoke else args.grpo_batch_size,
-                 "max_completion_length": 160, "logging_steps": 1 if args.smoke else 10}
+                 "num_generations": 4 if args.smoke else args.grpo_generations, "max_completion_length": 160,
+                 "logging_steps": 1 if args.smoke else 10}
     if not done("grpo"):
         with stage("grpo", timings):
             rewards = dict(pair.split("=") for pair in args.grpo_rewards.split(","))
