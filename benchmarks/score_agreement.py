@@ -12,16 +12,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from qponder_plugin import load_scorer
 from qponder_plugin.testing import build_tiny_model, solid_image
 
 SMOKE = Path(__file__).resolve().parents[1] / ".cache" / "qponder-smoke"
-
-
-def spearman(a, b) -> float:
-    ranks = [np.argsort(np.argsort(x)) for x in (a, b)]
-    return float(np.corrcoef(*ranks)[0, 1])
 
 
 def main() -> None:
@@ -42,8 +38,8 @@ def main() -> None:
             diff = np.abs(prob - text)
             print(f"{'think' if think else 'no-think':>8}: {len(scored)}/{len(images)} parsed, "
                   f"|prob - text| mean {diff.mean():.3f} max {diff.max():.3f}, "
-                  f"SRCC {spearman(prob, text):.3f}, PLCC {np.corrcoef(prob, text)[0, 1]:.3f}, "
-                  f"SRCC(prob, brightness) {spearman(prob, brightness):.3f}")
+                  f"SRCC {spearmanr(prob, text)[0]:.3f}, PLCC {np.corrcoef(prob, text)[0, 1]:.3f}, "
+                  f"SRCC(prob, brightness) {spearmanr(prob, brightness)[0]:.3f}")
 
 
 if __name__ == "__main__":
