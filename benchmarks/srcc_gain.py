@@ -2,20 +2,25 @@
 
 Reads two reports written by ``qponder eval`` (or the recipe's eval stage; ``<name>.json`` with per-image
 ``rows``), keeps the images both scored, and prints each SRCC, the difference and its 95% percentile interval from
-resampling images with replacement (the same images for both models). Images of one prompt are correlated, so the
-interval is, if anything, too narrow.
+resampling images with replacement (the same images for both models). Images of one prompt are correlated; with
+``--labels`` (the label file the reports were scored from) whole groups (prompts) are resampled instead, which
+respects that correlation.
 
-    .venv/bin/python benchmarks/srcc_gain.py runs/nano/eval/sft.json runs/nano/eval/grpo.json
+    .venv/bin/python benchmarks/srcc_gain.py runs/nano/eval/sft.json runs/nano/eval/grpo.json \
+        [--labels ../shared/data/agiqa-3k/labels.csv]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
+
+from qponder_plugin.training.data import read_mos
 
 
 def scored(report: Path) -> dict[str, tuple[float, float]]:
@@ -32,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", type=Path, help="the baseline's report JSON")
     parser.add_argument("after", type=Path, help="the candidate's report JSON")
+    parser.add_argument("--labels", type=Path, help="label file with groups: resample groups, not images")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -39,9 +45,24 @@ def main() -> None:
     images = sorted(before.keys() & after.keys())
     mos = np.array([before[i][0] for i in images])
     a, b = (np.array([scores[i][1] for i in images]) for scores in (before, after))
-    interval = stats.bootstrap((mos, a, b), srcc_gain, paired=True, vectorized=False, n_resamples=args.resamples,
-                               method="percentile", random_state=args.seed).confidence_interval
-    print(f"{len(images)} images scored by both")
+    options = dict(vectorized=False, n_resamples=args.resamples, method="percentile", random_state=args.seed)
+    if args.labels:
+        group_of = {record.image: record.group for record in read_mos(args.labels, check_images=False)}
+        members = defaultdict(list)
+        for index, image in enumerate(images):
+            members[group_of[image]].append(index)
+        groups = [np.array(indices) for indices in members.values()]
+
+        def gain_of_groups(picked) -> float:
+            rows = np.concatenate([groups[int(g)] for g in picked])
+            return srcc_gain(mos[rows], a[rows], b[rows])
+
+        interval = stats.bootstrap((np.arange(len(groups)),), gain_of_groups, **options).confidence_interval
+        unit = f"{len(groups)} groups"
+    else:
+        interval = stats.bootstrap((mos, a, b), srcc_gain, paired=True, **options).confidence_interval
+        unit = "images"
+    print(f"{len(images)} images scored by both; resampling {unit}")
     print(f"SRCC {stats.spearmanr(mos, a)[0]:.4f} -> {stats.spearmanr(mos, b)[0]:.4f}: "
           f"gain {srcc_gain(mos, a, b):+.4f}, 95% interval [{interval.low:+.4f}, {interval.high:+.4f}]")
 
