@@ -48,6 +48,9 @@ def main() -> None:
     options = dict(vectorized=False, n_resamples=args.resamples, method="percentile", random_state=args.seed)
     if args.labels:
         group_of = {record.image: record.group for record in read_mos(args.labels, check_images=False)}
+        unlabelled = [image for image in images if image not in group_of]
+        if unlabelled:
+            raise SystemExit(f"{len(unlabelled)} scored images are not in {args.labels}, e.g. {unlabelled[0]}")
         members = defaultdict(list)
         for index, image in enumerate(images):
             members[group_of[image]].append(index)
