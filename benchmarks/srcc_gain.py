@@ -66,8 +66,9 @@ def main() -> None:
         interval = stats.bootstrap((mos, a, b), srcc_gain, paired=True, **options).confidence_interval
         unit = "images"
     print(f"{len(images)} images scored by both; resampling {unit}")
-    print(f"SRCC {stats.spearmanr(mos, a)[0]:.4f} -> {stats.spearmanr(mos, b)[0]:.4f}: "
-          f"gain {srcc_gain(mos, a, b):+.4f}, 95% interval [{interval.low:+.4f}, {interval.high:+.4f}]")
+    srcc_a, srcc_b = stats.spearmanr(mos, a)[0], stats.spearmanr(mos, b)[0]
+    print(f"SRCC {srcc_a:.4f} -> {srcc_b:.4f}: gain {srcc_b - srcc_a:+.4f}, "
+          f"95% interval [{interval.low:+.4f}, {interval.high:+.4f}]")
 
 
 if __name__ == "__main__":
