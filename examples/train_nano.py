@@ -44,7 +44,7 @@ from qponder_plugin.training.vision_transplant import transplant_dinov2
 
 ANSWER = re.compile(r"<answer>.*?</answer>", re.S)
 
-SIZES = {"nano": dict(hidden=256, layers=4, vision_depth=4, side=224, vocab=4096, window=112),
+SIZES = {"nano": dict(hidden=256, layers=4, vision_depth=4, side=252, vocab=4096, window=112),
          "smoke": dict(hidden=128, layers=2, vision_depth=2, side=112, vocab=800, window=112)}
 
 
@@ -137,8 +137,9 @@ def main() -> None:
     parser.add_argument("--tune-features", action="store_true",
                         help="the fine-tune also regresses the teacher's features")
     parser.add_argument("--tune-crop", choices=("native", "resized"), default="native",
-                        help="the fine-tune's crops: input-sized from the image at 8/7 of the input side (the scale "
-                             "the model sees), or a random share of the area resized (as in the warm-up)")
+                        help="the fine-tune's crops: one token row smaller than the input side, from the image at "
+                             "the input side (the scale the model sees), or a random share of the area resized (as in "
+                             "the warm-up)")
     parser.add_argument("--tune-weight", type=float, default=3.0,
                         help="weight of the MOS term against the features' (with --tune-features)")
     parser.add_argument("--teacher", choices=sorted(VISION_TEACHERS), default="dinov2",

@@ -264,3 +264,9 @@ def test_patch_embedding_stays_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(pixels).dtype == torch.bfloat16
         assert _without_autocast(layer.forward, "cpu")(pixels.bfloat16()).dtype == torch.float32
+
+
+def test_native_crops_are_one_token_short_of_the_input_side():
+    from qponder_plugin.training.vision import native_crop
+
+    assert [native_crop(side, 28) for side in (252, 112, 56, 28)] == [224, 84, 28, 28]

@@ -57,9 +57,9 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     ``teacher=None`` only the MOS term is fitted: the vision fine-tune end to end. ``fresh_learning_rate`` (default:
     ``learning_rate``) is the rate of the merger and the temporary heads, which start from scratch, while the tower's
     blocks keep ``learning_rate``: a transplanted tower's pretrained blocks take a low rate that would leave a fresh
-    merger almost untrained. ``crop="native"`` resizes each image to 8/7 of the input side and cuts a random input-sized
-    crop instead, so blur, noise and artefacts keep the scale that the whole-image view shows: the right crop for a MOS
-    target. With ``views > 0``, each crop is one of ``views`` fixed crops per image whose teacher features are computed
+    merger almost untrained. ``crop="native"`` resizes each image to the input side, as the model will see it, and cuts a
+    random crop one token row smaller (``native_crop``), so blur, noise and artefacts keep the scale of the whole-image
+    view: the right crop for a MOS target. With ``views > 0``, each crop is one of ``views`` fixed crops per image whose teacher features are computed
     once (see ``fixed_views``). With ``dense_weight``, ``dense_weight`` times the MSE of every output token against the
     teacher's maps at its place is added (fresh crops only). With ``distort``, that share of the fresh crops is
     distorted (``distortions``) before teacher and tower see it. With ``bf16``, the teacher's and the tower's forward
@@ -102,8 +102,9 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
             log.warning("vision warm-up skips an image: %s", exc)
     if not pictures:
         raise ValueError("vision warm-up: none of the images could be read")
+    cell = model.config.vision_config.patch_size * model.config.vision_config.spatial_merge_size
     cropping = ([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True)] if crop == "resized"
-                else [v2.Resize((side * 8 // 7,) * 2, antialias=True), v2.RandomCrop(side)])
+                else [v2.Resize((side, side), antialias=True), v2.RandomCrop(native_crop(side, cell))])
     augment = v2.Compose(cropping + [v2.RandomHorizontalFlip()]
                          + ([v2.PILToTensor(), distortions(distort)] if distort else []))
     maps_probe, heads = None, []
@@ -221,6 +222,12 @@ def draw_view(picture, crop_scale: float, rng: random.Random) -> tuple:
 
     return (*RandomResizedCrop.get_params(picture, scale=(crop_scale, 1.0), ratio=(3 / 4, 4 / 3)),
             rng.random() < 0.5)
+
+
+def native_crop(side: int, cell: int) -> int:
+    """The side of a native crop: one output token (``cell`` pixels) short of the input ``side``, at least one token.
+    Trained on such crops, the tower meets the same scale when it sees the whole image at ``side``."""
+    return max(cell, side - cell)
 
 
 def cut(picture, view: tuple, side: int):
