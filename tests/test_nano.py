@@ -52,5 +52,5 @@ def test_nano_follows_human_mos_on_held_out_prompts():
         results = scorer.assess_batch([r.image for r in val], think=False)
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
     srcc = spearmanr([r.score for r in results], [r.mos for r in val])[0]
-    # hand-made features reach about 0.45, the earlier fresh-tower nano model 0.62, the shipped one 0.79
-    assert srcc > 0.74, f"SRCC {srcc:.3f} on {len(val)} val images (no-think)"
+    # hand-made features reach about 0.45, the earlier fresh-tower nano model 0.62, the shipped one 0.806
+    assert srcc > 0.76, f"SRCC {srcc:.3f} on {len(val)} val images (no-think)"
