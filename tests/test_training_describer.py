@@ -9,7 +9,7 @@ from PIL import Image, ImageFilter
 
 from qponder_plugin.cli import build
 from qponder_plugin.profiles import QPONDER
-from qponder_plugin.training.describer import MeasuredTeacher, measure
+from qponder_plugin.training.describer import MeasuredTeacher, describe, findings, measure, stated
 from qponder_plugin.training.plugin import get_teachers
 
 
@@ -47,6 +47,19 @@ def test_reasoning_names_the_findings_and_ends_in_the_given_score(photo):
     assert "blur" in texts[0].lower() and "very poor" in texts[0]
     assert "dark" in texts[1].lower() or "underexposed" in texts[1].lower()
     assert teacher.explain([blurred], [1.6]) == texts[:1]  # same image, same words
+
+
+def test_what_the_reasoning_states_reads_back_as_the_findings(photo):
+    import random
+
+    pictures = [photo, photo.filter(ImageFilter.GaussianBlur(3)), Image.fromarray((np.asarray(photo) * 0.15)
+                                                                                  .astype("uint8"))]
+    found = [findings(measure(p)) for p in pictures]
+    assert found[1]["sharpness"] < found[0]["sharpness"] and found[2]["exposure"] != found[0]["exposure"]
+    for seed, each in enumerate(found * 3):  # any wording of a finding is read back as that finding alone
+        text = describe(measure(pictures[seed % 3]), 3.0, random.Random(seed))
+        assert stated(text) == {aspect: [index] for aspect, index in each.items()}, text
+    assert stated("Nothing to see here.") == {aspect: [] for aspect in found[0]}
 
 
 def test_distill_with_the_measured_teacher_needs_no_model(photo, tmp_path):

@@ -70,7 +70,7 @@ def _blockiness(luma: np.ndarray) -> float:
 
 
 # Each finding: (condition, variants). The first matching condition per aspect is used.
-_FINDINGS = {
+FINDINGS = {
     "sharpness": [
         (lambda m: m.sharpness < 20, ["Sharpness: edges are soft and fine detail is blurred away.",
                                       "Focus is weak; textures smear and outlines look blurry."]),
@@ -117,12 +117,24 @@ _VERDICTS = [(1.8, "Overall the quality is very poor."), (2.6, "Overall the qual
              (5.01, "Overall the quality is excellent.")]
 
 
+def findings(measurements: Measurements) -> dict[str, int]:
+    """Each aspect's finding for the measurements: the index of its first matching rule in ``FINDINGS``."""
+    return {aspect: next(i for i, (condition, _) in enumerate(rules) if condition(measurements))
+            for aspect, rules in FINDINGS.items()}
+
+
+def stated(reasoning: str) -> dict[str, list[int]]:
+    """Each aspect's findings that ``reasoning`` states in one of the teacher's wordings (none, one, or several)."""
+    return {aspect: [i for i, (_, variants) in enumerate(rules) if any(v in reasoning for v in variants)]
+            for aspect, rules in FINDINGS.items()}
+
+
 def describe(measurements: Measurements, mos: float, rng: random.Random) -> str:
     """Reasoning from the measurements, ending in ``mos`` (1–5) in the qponder answer format."""
-    findings = [rng.choice(next(variants for condition, variants in rules if condition(measurements)))
-                for rules in _FINDINGS.values()]
+    found = findings(measurements)
+    statements = [rng.choice(rules[found[aspect]][1]) for aspect, rules in FINDINGS.items()]
     verdict = next(text for bound, text in _VERDICTS if mos < bound)
-    return f"<think>{' '.join(findings)} {verdict}</think><answer>{mos:.2f}</answer>"
+    return f"<think>{' '.join(statements)} {verdict}</think><answer>{mos:.2f}</answer>"
 
 
 class MeasuredTeacher:
