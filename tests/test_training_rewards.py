@@ -20,7 +20,7 @@ MALFORMED = ["", "<think>no answer</think>", "<answer>3.5</answer>", "<think>x</
 
 
 def test_registry_holds_every_builtin_reward():
-    assert {"format", "accuracy", "accuracy_gaussian", "consistency", "rank_fidelity"} <= set(get_rewards())
+    assert {"format", "accuracy", "accuracy_gaussian", "consistency", "rank_fidelity", "grounding"} <= set(get_rewards())
 
 
 def test_completion_text_accepts_strings_and_messages():
@@ -93,3 +93,28 @@ def test_consistency_reward_rescoring_without_the_image(smoke_model):
     assert rewards[1] == pytest.approx(math.exp(-((min(own + 1, 5) - own) ** 2) / 0.5), abs=2e-2)
     assert rewards[2] == 0.0
     assert reward([chat("garbage"), chat("<answer>x</answer>")]) == [0.0, 0.0]  # nothing to rescore: no forward
+
+
+def test_grounding_rewards_each_aspect_stated_as_measured(tmp_path):
+    import random
+
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    from qponder_plugin.images import load_image
+    from qponder_plugin.training.describer import FINDINGS, describe, findings, measure
+    from qponder_plugin.training.rewards import GroundingReward
+
+    x, y = np.meshgrid(np.linspace(0, 1, 128), np.linspace(0, 1, 128))
+    stripes = np.stack([x, y, 1 - x], -1) * 200 + 30
+    stripes[::8] = 20
+    path = tmp_path / "soft.png"
+    Image.fromarray(stripes.astype("uint8")).filter(ImageFilter.GaussianBlur(3)).save(path)
+    measured = measure(load_image(path))
+    right = describe(measured, 2.0, random.Random(0))
+    sharpness = findings(measured)["sharpness"]
+    wrong = right.replace(FINDINGS["sharpness"][sharpness][1][0], FINDINGS["sharpness"][2][1][0]).replace(
+        FINDINGS["sharpness"][sharpness][1][1], FINDINGS["sharpness"][2][1][0])
+    assert sharpness != 2 and wrong != right
+    reward = GroundingReward()
+    assert reward([right, wrong, "<think>Fine.</think><answer>2</answer>"], image_path=[path] * 3) == [1.0, 5 / 6, 0.0]

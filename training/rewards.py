@@ -13,6 +13,9 @@ made-up score.
 - ``rank_fidelity`` (VisualQuality-R1 style): for each other image in the batch, the probability that this
   completion ranks its image above the other (Thurstone, ``Φ((s − μ_b) / sqrt(σ_b² + γ))``) is compared with the
   MOS order by the fidelity measure ``sqrt(p·t) + sqrt((1−p)(1−t))``; the reward is the mean over other images.
+- ``grounding``: the share of the ``measured`` teacher's aspects (sharpness, noise, exposure, contrast, colour,
+  artifacts) that the reasoning states as the teacher finds them in the image, measured at the policy's input size
+  as ``distill`` measures it; an aspect left unstated, or stated two ways, does not count.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import math
 import re
 from collections import defaultdict
 
+from qponder_plugin.images import load_image
 from qponder_plugin.profiles import QPONDER, Profile
 from qponder_plugin.scoring import digit_distribution
+
+from .describer import findings, measure, stated
 
 _FORMAT = re.compile(r"\s*<think>.+?</think>\s*<answer>.+?</answer>\s*", re.S)
 
@@ -167,7 +173,34 @@ class RankFidelityReward:
         return rewards
 
 
+class GroundingReward:
+    """Agreement of the reasoning's attribute statements with the ``measured`` teacher's findings in the image."""
+
+    __name__ = "grounding"
+
+    def __init__(self):
+        self.max_pixels, self.found = None, {}
+
+    def bind(self, trainer) -> None:
+        from qponder_plugin.backends.hf import pixel_budget
+
+        self.max_pixels, self.found = pixel_budget(trainer.processing_class.image_processor), {}
+
+    def findings(self, path: str) -> dict[str, int]:
+        if path not in self.found:
+            self.found[path] = findings(measure(load_image(path, max_pixels=self.max_pixels)))
+        return self.found[path]
+
+    def __call__(self, completions, image_path, **_) -> list[float]:
+        rewards = []
+        for completion, path in zip(completions, map(str, image_path)):
+            said, truth = stated(completion_text(completion)), self.findings(path)
+            rewards.append(sum(said[aspect] == [index] for aspect, index in truth.items()) / len(truth))
+        return rewards
+
+
 def builtin_rewards() -> dict:
     return {"format": format_reward, "accuracy": AccuracyReward(),
             "accuracy_gaussian": AccuracyReward(sigma=0.5, name="accuracy_gaussian"),
-            "consistency": ConsistencyReward(), "rank_fidelity": RankFidelityReward()}
+            "consistency": ConsistencyReward(), "rank_fidelity": RankFidelityReward(),
+            "grounding": GroundingReward()}
