@@ -1,4 +1,4 @@
-"""How far a model's reasoning is grounded in the image: its attribute statements against what is measured, side by side.
+"""How far a model's reasoning is grounded in the image: its attribute statements against measurements.
 
 For each checkpoint, every image of the split is scored with reasoning, and each aspect the ``measured`` teacher
 describes (sharpness, noise, exposure, contrast, colour, artifacts) is read back from the reasoning in the teacher's

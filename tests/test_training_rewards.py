@@ -20,7 +20,8 @@ MALFORMED = ["", "<think>no answer</think>", "<answer>3.5</answer>", "<think>x</
 
 
 def test_registry_holds_every_builtin_reward():
-    assert {"format", "accuracy", "accuracy_gaussian", "consistency", "rank_fidelity", "grounding"} <= set(get_rewards())
+    builtin = {"format", "accuracy", "accuracy_gaussian", "consistency", "rank_fidelity", "grounding"}
+    assert builtin <= set(get_rewards())
 
 
 def test_completion_text_accepts_strings_and_messages():
@@ -113,8 +114,8 @@ def test_grounding_rewards_each_aspect_stated_as_measured(tmp_path):
     measured = measure(load_image(path))
     right = describe(measured, 2.0, random.Random(0))
     sharpness = findings(measured)["sharpness"]
-    wrong = right.replace(FINDINGS["sharpness"][sharpness][1][0], FINDINGS["sharpness"][2][1][0]).replace(
-        FINDINGS["sharpness"][sharpness][1][1], FINDINGS["sharpness"][2][1][0])
-    assert sharpness != 2 and wrong != right
+    assert sharpness != 2  # soft: state it as crisp instead
+    soft = next(v for v in FINDINGS["sharpness"][sharpness][1] if v in right)
+    wrong = right.replace(soft, FINDINGS["sharpness"][2][1][0])
     reward = GroundingReward()
     assert reward([right, wrong, "<think>Fine.</think><answer>2</answer>"], image_path=[path] * 3) == [1.0, 5 / 6, 0.0]

@@ -186,7 +186,8 @@ class GroundingReward:
 
         self.max_pixels, self.found = pixel_budget(trainer.processing_class.image_processor), {}
 
-    def findings(self, path: str) -> dict[str, int]:
+    def measured(self, path: str) -> dict[str, int]:
+        """The teacher's findings in the image at ``path`` (measured once per image)."""
         if path not in self.found:
             self.found[path] = findings(measure(load_image(path, max_pixels=self.max_pixels)))
         return self.found[path]
@@ -194,7 +195,7 @@ class GroundingReward:
     def __call__(self, completions, image_path, **_) -> list[float]:
         rewards = []
         for completion, path in zip(completions, map(str, image_path)):
-            said, truth = stated(completion_text(completion)), self.findings(path)
+            said, truth = stated(completion_text(completion)), self.measured(path)
             rewards.append(sum(said[aspect] == [index] for aspect, index in truth.items()) / len(truth))
         return rewards
 
