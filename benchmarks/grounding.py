@@ -28,9 +28,8 @@ def read_back(model: str, paths: list[str]) -> tuple[list[dict], list[dict]]:
 
     with load_scorer(model, batch_size=8) as scorer:
         results = scorer.assess_batch(paths)
-        budget = scorer.backend.max_pixels
     said = [stated(r.reasoning or "") for r in results]
-    found = [findings(measure(load_image(p, max_pixels=budget))) for p in paths]
+    found = [findings(measure(load_image(p, max_pixels=scorer.max_pixels))) for p in paths]
     return said, found
 
 

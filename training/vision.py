@@ -103,7 +103,7 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
             log.warning("vision warm-up skips an image: %s", exc)
     if not pictures:
         raise ValueError("vision warm-up: none of the images could be read")
-    cell = model.config.vision_config.patch_size * model.config.vision_config.spatial_merge_size
+    cell = model.config.vision_config.patch_size * model.config.vision_config.spatial_merge_size  # one output token
     cropping = ([v2.RandomResizedCrop((side, side), scale=(crop_scale, 1.0), antialias=True)] if crop == "resized"
                 else [v2.Resize((side, side), antialias=True), v2.RandomCrop(native_crop(side, cell))])
     augment = v2.Compose(cropping + [v2.RandomHorizontalFlip()]
@@ -128,10 +128,10 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         mos = ((mos - mos.mean()) / mos.std(correction=0).clamp_min(1e-6)).to(device)
         score_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, 1).to(device)
         heads.append(score_head)
-    if dense_weight:  # output tokens form a grid of side / (patch size x merge size) per side
-        config = model.config.vision_config
-        grid = side // (config.patch_size * config.spatial_merge_size)
-        dense_head = torch.nn.Linear(config.out_hidden_size, sum(m.shape[1] for m in maps_probe)).to(device)
+    if dense_weight:  # output tokens form a grid of side / cell per side
+        grid = side // cell
+        dense_head = torch.nn.Linear(model.config.vision_config.out_hidden_size,
+                                     sum(m.shape[1] for m in maps_probe)).to(device)
         heads.append(dense_head)
     blocks, merger = tower_parts(tower)
     groups = [{"params": blocks, "lr": learning_rate},
