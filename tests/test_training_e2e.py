@@ -128,7 +128,10 @@ def test_grpo_gives_the_vision_tower_its_own_rates_beside_lora(smoke_model, labe
 
     records = list(read_mos(labels, split="train", score_range=(1, 5)))
     trainer, _ = build_grpo(smoke_model, to_dataset(records), tmp_path, vision_learning_rates=(1e-6, 1e-5),
-                            args={"learning_rate": 1e-4, "max_steps": 1})
+                            rewards=("format", "grounding"), args={"learning_rate": 1e-4, "max_steps": 1})
+    grounding = trainer.reward_funcs[1]  # bound to this trainer: its findings weighed over the train images
+    assert grounding.found.keys() == {str(r.image) for r in records} and grounding.weights.keys() == {
+        "sharpness", "noise", "exposure", "contrast", "colour", "artifacts"}
     assert trainer.create_optimizer() is trainer.optimizer  # the Trainer keeps it and schedules it
     rate = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
     trainable = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}

@@ -96,7 +96,7 @@ def test_consistency_reward_rescoring_without_the_image(smoke_model):
     assert reward([chat("garbage"), chat("<answer>x</answer>")]) == [0.0, 0.0]  # nothing to rescore: no forward
 
 
-def test_grounding_rewards_each_aspect_stated_as_measured(tmp_path):
+def test_grounding_rewards_findings_stated_as_measured_weighted_by_rarity(tmp_path):
     import random
 
     import numpy as np
@@ -109,13 +109,22 @@ def test_grounding_rewards_each_aspect_stated_as_measured(tmp_path):
     x, y = np.meshgrid(np.linspace(0, 1, 128), np.linspace(0, 1, 128))
     stripes = np.stack([x, y, 1 - x], -1) * 200 + 30
     stripes[::8] = 20
-    path = tmp_path / "soft.png"
-    Image.fromarray(stripes.astype("uint8")).filter(ImageFilter.GaussianBlur(3)).save(path)
-    measured = measure(load_image(path))
-    right = describe(measured, 2.0, random.Random(0))
-    sharpness = findings(measured)["sharpness"]
-    assert sharpness != 2  # soft: state it as crisp instead
-    soft = next(v for v in FINDINGS["sharpness"][sharpness][1] if v in right)
-    wrong = right.replace(soft, FINDINGS["sharpness"][2][1][0])
+    sharp = Image.fromarray(stripes.astype("uint8"))
+    paths = [tmp_path / name for name in ("soft.png", "soft-too.png", "sharp.png")]
+    for path, image in zip(paths, [sharp.filter(ImageFilter.GaussianBlur(3))] * 2 + [sharp]):
+        image.save(path)
+    measured = [measure(load_image(path)) for path in paths]
+    soft, crisp = (findings(m)["sharpness"] for m in measured[1:])
+    assert soft != crisp  # two soft images and one crisp one: crisp is the rare finding
+    truths = [describe(m, 2.0, random.Random(0)) for m in measured]
     reward = GroundingReward()
-    assert reward([right, wrong, "<think>Fine.</think><answer>2</answer>"], image_path=[path] * 3) == [1.0, 5 / 6, 0.0]
+    with pytest.raises(RuntimeError, match="bind"):
+        reward(truths, image_path=paths)
+    reward.fit(paths)
+    right = reward(truths, image_path=paths)
+    assert sum(right) / 3 == pytest.approx(1.0)  # a true description averages 1 over the fitted images
+    # Stating the common finding on the crisp image loses its rare, heavier weight: 1 / (2 · 1/3), over six aspects.
+    wrong = truths[2].replace(next(v for v in FINDINGS["sharpness"][crisp][1] if v in truths[2]),
+                              FINDINGS["sharpness"][soft][1][0])
+    assert reward([wrong], image_path=[paths[2]]) == [pytest.approx(right[2] - 1.5 / 6)]
+    assert reward(["<think>Fine.</think><answer>2</answer>"], image_path=paths[:1]) == [0.0]

@@ -13,22 +13,24 @@ made-up score.
 - ``rank_fidelity`` (VisualQuality-R1 style): for each other image in the batch, the probability that this
   completion ranks its image above the other (Thurstone, ``Φ((s − μ_b) / sqrt(σ_b² + γ))``) is compared with the
   MOS order by the fidelity measure ``sqrt(p·t) + sqrt((1−p)(1−t))``; the reward is the mean over other images.
-- ``grounding``: the share of the ``measured`` teacher's aspects (sharpness, noise, exposure, contrast, colour,
-  artifacts) that the reasoning states as the teacher finds them in the image, measured at the policy's input size
-  as ``distill`` measures it; an aspect left unstated, or stated two ways, does not count.
+- ``grounding``: balanced agreement of the reasoning with the ``measured`` teacher's aspects (sharpness, noise,
+  exposure, contrast, colour, artifacts), measured at the policy's input size as ``distill`` measures it. Each
+  aspect stated as the teacher finds it earns ``1 / (k · share of the train images with that finding)`` (k: the
+  aspect's findings), so a true description averages 1 over the train set while stating each aspect's most common
+  finding everywhere averages about ``1/k``; an aspect left unstated, or stated two ways, earns 0.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from qponder_plugin.images import load_image
 from qponder_plugin.profiles import QPONDER, Profile
 from qponder_plugin.scoring import digit_distribution
 
-from .describer import findings, measure, stated
+from .describer import FINDINGS, findings, measure, stated
 
 _FORMAT = re.compile(r"\s*<think>.+?</think>\s*<answer>.+?</answer>\s*", re.S)
 
@@ -174,17 +176,26 @@ class RankFidelityReward:
 
 
 class GroundingReward:
-    """Agreement of the reasoning's attribute statements with the ``measured`` teacher's findings in the image."""
+    """Balanced agreement of the reasoning's attribute statements with the ``measured`` teacher's findings."""
 
     __name__ = "grounding"
 
     def __init__(self):
-        self.max_pixels, self.found = None, {}
+        self.max_pixels, self.found, self.weights = None, {}, None
 
     def bind(self, trainer) -> None:
         from qponder_plugin.backends.hf import pixel_budget
 
         self.max_pixels, self.found = pixel_budget(trainer.processing_class.image_processor), {}
+        self.fit(trainer.train_dataset.with_format(None)["image"])
+
+    def fit(self, paths) -> None:
+        """Weigh each aspect's findings by how rare they are among the images at ``paths`` (the train set)."""
+        found = [self.measured(str(path)) for path in dict.fromkeys(paths)]
+        self.weights = {}
+        for aspect in FINDINGS:
+            counts = Counter(f[aspect] for f in found)
+            self.weights[aspect] = {index: len(found) / (len(counts) * n) for index, n in counts.items()}
 
     def measured(self, path: str) -> dict[str, int]:
         """The teacher's findings in the image at ``path`` (measured once per image)."""
@@ -193,10 +204,13 @@ class GroundingReward:
         return self.found[path]
 
     def __call__(self, completions, image_path, **_) -> list[float]:
+        if self.weights is None:
+            raise RuntimeError("the grounding reward weighs findings by the train set: call reward.bind(trainer)")
         rewards = []
         for completion, path in zip(completions, map(str, image_path)):
             said, truth = stated(completion_text(completion)), self.measured(path)
-            rewards.append(sum(said[aspect] == [index] for aspect, index in truth.items()) / len(truth))
+            rewards.append(sum(self.weights[aspect].get(index, 1.0) for aspect, index in truth.items()
+                               if said[aspect] == [index]) / len(truth))
         return rewards
 
 
