@@ -4,8 +4,10 @@ For each checkpoint, every image of the split is scored with reasoning, and each
 describes (sharpness, noise, exposure, contrast, colour, artifacts) is read back from the reasoning in the teacher's
 wordings (``describer.stated``) and compared with the teacher's own finding for that image at the checkpoint's input
 size (``describer.findings``). A model that states each aspect's most common finding on every image scores the
-"constant" line, so agreement above it is what the reasoning takes from the image; "varied" counts the images on
-which a model's statement differs from its own most common one.
+"constant" line, so agreement above it is what the reasoning takes from the image. "balanced" is the mean recall over
+the findings the teacher makes (``sklearn.metrics.balanced_accuracy_score``), for which stating one finding
+everywhere scores 1/k with k findings, however common that finding is; "varied" counts the images on which a model's
+statement differs from its own most common one.
 
     .venv/bin/python benchmarks/grounding.py nano runs/nano/sft
 """
@@ -13,6 +15,7 @@ which a model's statement differs from its own most common one.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -39,24 +42,34 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv with a split column")
     parser.add_argument("--split", default="val")
     args = parser.parse_args()
+    from sklearn.metrics import balanced_accuracy_score
+
     from qponder_plugin.training.data import read_mos
 
     paths = [str(r.image) for r in read_mos(args.data, split=args.split)]
     print(f"attribute statements that agree with the measured teacher, on {len(paths)} {args.split} images")
     for model in args.models:
         said, found = read_back(model, paths)
-        total = {"agree": 0, "constant": 0}
-        print(f"\n{model}\n{'aspect':10s} {'agree':>6s} {'constant':>9s} {'varied':>7s} {'unstated':>9s}")
+        total = {"agree": 0, "constant": 0, "balanced": 0.0, "constant balanced": 0.0}
+        print(f"\n{model}\n{'aspect':10s} {'agree':>6s} {'constant':>9s} {'balanced':>9s} {'constant':>9s} "
+              f"{'varied':>7s} {'unstated':>9s}")
         for aspect in found[0]:
             truth = [f[aspect] for f in found]
             statements = [tuple(s[aspect]) for s in said]
             agree = sum(s == (t,) for s, t in zip(statements, truth))
             constant = Counter(truth).most_common(1)[0][1]
             varied = len(statements) - Counter(statements).most_common(1)[0][1]
-            total["agree"] += agree
-            total["constant"] += constant
-            print(f"{aspect:10s} {agree:6d} {constant:9d} {varied:7d} {statements.count(()):9d}")
-        print(f"{'all':10s} {total['agree']:6d} {total['constant']:9d}   of {len(paths) * len(found[0])}")
+            with warnings.catch_warnings():  # a finding stated but never made by the teacher is a plain miss here
+                warnings.simplefilter("ignore", UserWarning)
+                balanced = balanced_accuracy_score(truth, [s[0] if len(s) == 1 else -1 for s in statements])
+            chance = 1 / len(set(truth))
+            for key, value in zip(total, (agree, constant, balanced, chance)):
+                total[key] += value
+            print(f"{aspect:10s} {agree:6d} {constant:9d} {balanced:9.3f} {chance:9.3f} {varied:7d} "
+                  f"{statements.count(()):9d}")
+        aspects = len(found[0])
+        print(f"{'all':10s} {total['agree']:6d} {total['constant']:9d} {total['balanced'] / aspects:9.3f} "
+              f"{total['constant balanced'] / aspects:9.3f}   (counts of {len(paths) * aspects}; balanced: mean)")
 
 
 if __name__ == "__main__":
