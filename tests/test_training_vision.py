@@ -106,6 +106,22 @@ def test_fine_tune_on_scores_alone_gives_the_fresh_merger_its_own_rate(smoke_mod
     assert changed and all(".merger." in f".{name}" for name in changed), sorted(changed)[:5]
 
 
+def test_fine_tune_can_also_learn_the_measured_attributes(smoke_model, tmp_path):
+    from qponder_plugin.training.vision import warm_up_vision
+
+    paths, scores = brightness_scored(tmp_path)
+    with pytest.raises(ValueError, match="attribute_weight needs undistorted crops"):
+        warm_up_vision(smoke_model, paths, lambda pixels: pixels.mean((2, 3)), tmp_path / "bad", attribute_weight=1.0,
+                       distort=0.5)
+    out = warm_up_vision(smoke_model, paths, None, tmp_path / "tuned", scores=scores, attribute_weight=0.5, epochs=12,
+                         batch_size=8, learning_rate=3e-3, crop="native", log_every=0)
+    log = json.loads((out / "warmup_log.json").read_text())
+    assert all(entry["loss"] == pytest.approx(entry["mos_loss"] + 0.5 * entry["attribute_loss"], abs=2e-5)
+               for entry in log)
+    losses = [entry["attribute_loss"] for entry in log]
+    assert sum(losses[-6:]) / 6 < 0.5 * sum(losses[:6]) / 6
+
+
 def test_fixed_views_are_computed_once_then_read_from_the_cache(tmp_path):
     import torch
 

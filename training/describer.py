@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 
 import numpy as np
 
@@ -67,6 +67,13 @@ def _blockiness(luma: np.ndarray) -> float:
     border = steps[:, columns % 8 == 7].mean()
     inside = steps[:, columns % 8 != 7].mean()
     return float(border / inside) if inside > 1e-6 else 1.0
+
+
+def attributes(measurements: Measurements) -> list[float]:
+    """The measurements as regression targets, in field order: sharpness, noise and blockiness on a log scale."""
+    values = np.array(astuple(measurements))
+    logged = [field.name in ("sharpness", "noise", "blockiness") for field in fields(Measurements)]
+    return np.where(logged, np.log1p(np.maximum(values, 0)), values).tolist()
 
 
 # Each finding: (condition, variants). The first matching condition per aspect is used.

@@ -21,6 +21,10 @@ With ``dense_weight > 0`` and a teacher that also returns its feature maps (``ma
 grid, through a third temporary head: many targets per crop instead of one, which a tower trained on a few thousand
 images learns much more from.
 
+With ``attribute_weight > 0``, a fourth temporary head also regresses what the ``measured`` teacher finds in
+each image as the model sees it (sharpness, noise, exposure, contrast, colourfulness, blockiness; standardised), so
+the tower's tokens carry the attributes the reasoning is asked to state, not only what predicts the MOS.
+
 With ``distort > 0``, that share of the crops also gets one synthetic distortion (blur, noise, JPEG, exposure or
 contrast) before both the teacher and the tower see it: more pictures to match the teacher on, and pictures whose
 quality differs in the ways quality assessment must notice.
@@ -47,8 +51,8 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
                    *, scores: Sequence[float] | None = None, score_weight: float = 1.0, epochs: int = 10,
                    batch_size: int = 32, learning_rate: float = 1e-3, fresh_learning_rate: float | None = None,
                    crop: str = "resized", crop_scale: float = 0.5, views: int = 0,
-                   cache: str | Path | None = None, dense_weight: float = 0.0, distort: float = 0.0, bf16: bool = False,
-                   seed: int = 0, log_every: int = 10) -> Path:
+                   cache: str | Path | None = None, dense_weight: float = 0.0, attribute_weight: float = 0.0,
+                   distort: float = 0.0, bf16: bool = False, seed: int = 0, log_every: int = 10) -> Path:
     """Distil ``teacher`` into the vision tower of ``checkpoint``; write the whole model to ``output_dir``.
 
     Each step takes ``batch_size`` images, cuts a random crop (``crop_scale``..1 of the area) resized to the
@@ -62,12 +66,13 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     noise and artefacts keep the scale of the whole-image view: the right crop for a MOS target. With ``views > 0``,
     each crop is one of ``views`` fixed crops per image whose teacher features are computed once (see
     ``fixed_views``). With ``dense_weight``, ``dense_weight`` times the MSE of every output token against the
-    teacher's maps at its place is added (fresh crops only). With ``distort``, that share of the fresh crops is
+    teacher's maps at its place is added (fresh crops only). With ``attribute_weight``, that weight times the MSE
+    of the image's standardised ``describer.attributes`` (measured at the input size) is added. With ``distort``, that share of the fresh crops is
     distorted (``distortions``) before teacher and tower see it. With ``bf16``, the teacher's and the tower's
     forward passes run under bfloat16 autocast (faster on CPUs with AMX and on recent GPUs; the weights, the
     optimiser and the patch embedding stay float32). Unreadable images are skipped with a warning. Runs on CUDA when
     available (the teacher stays where it is; its features are moved). Returns ``output_dir``; the per-step losses
-    (total, feature, MOS, dense) go to ``warmup_log.json``.
+    (total, feature, MOS, dense, attribute) go to ``warmup_log.json``.
     """
     import torch
     import torch.nn.functional as F
@@ -75,6 +80,7 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
 
     from qponder_plugin.backends.hf import pixel_budget
 
+    from .describer import attributes, measure
     from .trainers import load_policy, save_with_card, tower_parts, vision_tower
 
     if scores is not None and len(scores) != len(images):
@@ -116,6 +122,8 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         heads.append(head)
     if dense_weight and (views or maps_probe is None):
         raise ValueError("vision warm-up: dense_weight needs fresh crops (views=0) and a teacher built with maps=True")
+    if distort and attribute_weight:
+        raise ValueError("vision warm-up: attribute_weight needs undistorted crops (the attributes are the image's)")
     if distort and (views or scores is not None):
         raise ValueError("vision warm-up: distort needs fresh crops (views=0) and no scores (a distorted crop's "
                          "quality is not its image's MOS)")
@@ -133,6 +141,11 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         dense_head = torch.nn.Linear(model.config.vision_config.out_hidden_size,
                                      sum(m.shape[1] for m in maps_probe)).to(device)
         heads.append(dense_head)
+    if attribute_weight:  # what the measured teacher finds in each image as the model sees it, standardised
+        found = torch.tensor([attributes(measure(load_image(images[i], max_pixels=side * side))) for i in kept])
+        found = ((found - found.mean(0)) / found.std(0, correction=0).clamp_min(1e-6)).to(device)
+        attribute_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, found.shape[1]).to(device)
+        heads.append(attribute_head)
     blocks, merger = tower_parts(tower)
     groups = [{"params": blocks, "lr": learning_rate},
               {"params": merger + [p for h in heads for p in h.parameters()],
@@ -176,6 +189,10 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
                 mos_loss = F.mse_loss(score_head(pooled).squeeze(1), mos[batch])
                 loss = loss + score_weight * mos_loss
                 entry["mos_loss"] = round(mos_loss.item(), 5)
+            if attribute_weight:
+                attribute_loss = F.mse_loss(attribute_head(pooled), found[batch])
+                loss = loss + attribute_weight * attribute_loss
+                entry["attribute_loss"] = round(attribute_loss.item(), 5)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
