@@ -17,7 +17,8 @@ made-up score.
   exposure, contrast, colour, artifacts), measured at the policy's input size as ``distill`` measures it. Each
   aspect stated as the teacher finds it earns ``1 / (k · share of the train images with that finding)`` (k: the
   aspect's findings), so a true description averages 1 over the train set while stating each aspect's most common
-  finding everywhere averages about ``1/k``; an aspect left unstated, or stated two ways, earns 0.
+  finding everywhere averages about ``1/k``; an aspect left unstated, or stated two ways, earns 0, and a finding
+  no train image has counts 1.
 """
 
 from __future__ import annotations

@@ -55,24 +55,24 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
                    distort: float = 0.0, bf16: bool = False, seed: int = 0, log_every: int = 10) -> Path:
     """Distil ``teacher`` into the vision tower of ``checkpoint``; write the whole model to ``output_dir``.
 
-    Each step takes ``batch_size`` images, cuts a random crop (``crop_scale``..1 of the area) resized to the
-    processor's input size, flips half of them, and fits the student's pooled tokens to the teacher's features of
-    that same crop, plus ``score_weight`` times the MSE of the standardised MOS when ``scores`` are given (one per
-    image). With ``teacher=None`` only the MOS term is fitted: the vision fine-tune end to end.
-    ``fresh_learning_rate`` (default: ``learning_rate``) is the rate of the merger and the temporary heads, which
-    start from scratch, while the tower's blocks keep ``learning_rate``: a transplanted tower's pretrained blocks
-    take a low rate that would leave a fresh merger almost untrained. ``crop="native"`` resizes each image to the
-    input side, as the model will see it, and cuts a random crop one token row smaller (``native_crop``), so blur,
-    noise and artefacts keep the scale of the whole-image view: the right crop for a MOS target. With ``views > 0``,
-    each crop is one of ``views`` fixed crops per image whose teacher features are computed once (see
-    ``fixed_views``). With ``dense_weight``, ``dense_weight`` times the MSE of every output token against the
-    teacher's maps at its place is added (fresh crops only). With ``attribute_weight``, that weight times the MSE
-    of the image's standardised ``describer.attributes`` (measured at the input size) is added. With ``distort``, that share of the fresh crops is
-    distorted (``distortions``) before teacher and tower see it. With ``bf16``, the teacher's and the tower's
-    forward passes run under bfloat16 autocast (faster on CPUs with AMX and on recent GPUs; the weights, the
-    optimiser and the patch embedding stay float32). Unreadable images are skipped with a warning. Runs on CUDA when
-    available (the teacher stays where it is; its features are moved). Returns ``output_dir``; the per-step losses
-    (total, feature, MOS, dense, attribute) go to ``warmup_log.json``.
+    Each step takes ``batch_size`` images, cuts a random crop (``crop_scale``..1 of the area) resized to the processor's
+    input size, flips half of them, and fits the student's pooled tokens to the teacher's features of that same crop,
+    plus ``score_weight`` times the MSE of the standardised MOS when ``scores`` are given (one per image). With
+    ``teacher=None`` only the MOS term is fitted: the vision fine-tune end to end. ``fresh_learning_rate`` (default:
+    ``learning_rate``) is the rate of the merger and the temporary heads, which start from scratch, while the tower's
+    blocks keep ``learning_rate``: a transplanted tower's pretrained blocks take a low rate that would leave a fresh
+    merger almost untrained. ``crop="native"`` resizes each image to the input side, as the model will see it, and cuts
+    a random crop one token row smaller (``native_crop``), so blur, noise and artefacts keep the scale of the
+    whole-image view: the right crop for a MOS target. With ``views > 0``, each crop is one of ``views`` fixed crops per
+    image whose teacher features are computed once (see ``fixed_views``). With ``dense_weight``, ``dense_weight`` times
+    the MSE of every output token against the teacher's maps at its place is added (fresh crops only). With
+    ``attribute_weight``, that weight times the MSE of the image's standardised ``describer.attributes`` (measured at
+    the input size) is added. With ``distort``, that share of the fresh crops is distorted (``distortions``) before
+    teacher and tower see it. With ``bf16``, the teacher's and the tower's forward passes run under bfloat16 autocast
+    (faster on CPUs with AMX and on recent GPUs; the weights, the optimiser and the patch embedding stay float32).
+    Unreadable images are skipped with a warning. Runs on CUDA when available (the teacher stays where it is; its
+    features are moved). Returns ``output_dir``; the per-step losses (total, feature, MOS, dense, attribute) go to
+    ``warmup_log.json``.
     """
     import torch
     import torch.nn.functional as F
