@@ -133,7 +133,7 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         targets = targets.to(device)
     if scores is not None:  # the MOS of the images read, standardised, and a head to predict it
         mos = torch.tensor([float(scores[i]) for i in kept])
-        mos = ((mos - mos.mean()) / mos.std(correction=0).clamp_min(1e-6)).to(device)
+        mos = _standardised(mos).to(device)
         score_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, 1).to(device)
         heads.append(score_head)
     if dense_weight:  # output tokens form a grid of side / cell per side
@@ -143,7 +143,7 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
         heads.append(dense_head)
     if attribute_weight:  # what the measured teacher finds in each image as the model sees it, standardised
         found = torch.tensor([attributes(measure(load_image(images[i], max_pixels=side * side))) for i in kept])
-        found = ((found - found.mean(0)) / found.std(0, correction=0).clamp_min(1e-6)).to(device)
+        found = _standardised(found).to(device)
         attribute_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, found.shape[1]).to(device)
         heads.append(attribute_head)
     blocks, merger = tower_parts(tower)
@@ -207,6 +207,11 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
     save_with_card(model, processor, output_dir, checkpoint)
     (output_dir / "warmup_log.json").write_text(json.dumps(history))
     return output_dir
+
+
+def _standardised(values: "torch.Tensor") -> "torch.Tensor":
+    """Each column (or a vector) at zero mean and unit standard deviation; a constant one stays at zero."""
+    return (values - values.mean(0)) / values.std(0, correction=0).clamp_min(1e-6)
 
 
 def _without_autocast(forward: Callable, device: str) -> Callable:
