@@ -32,7 +32,7 @@ from pathlib import Path
 from qponder_plugin import load_scorer
 from qponder_plugin.profiles import QPONDER
 from qponder_plugin.testing import CHAT_TEMPLATE, build_config, build_processor, build_tokenizer
-from qponder_plugin.training.data import read_mos, to_dataset
+from qponder_plugin.training.data import read_mos, split_by_group, to_dataset
 from qponder_plugin.training.describer import MeasuredTeacher
 from qponder_plugin.training.distill import distill, read_distilled
 from qponder_plugin.training.evaluate import evaluate
@@ -179,6 +179,9 @@ def main() -> None:
     parser.add_argument("--grpo-generations", type=int, default=4, help="completions sampled per image (the group)")
     parser.add_argument("--grpo-batch-size", type=int, default=16,
                         help="completions per step (a multiple of --grpo-generations; two images or more)")
+    parser.add_argument("--grpo-holdout", type=float, default=0.0,
+                        help="share of the train prompts kept out of the vision fine-tune and SFT for GRPO alone, so "
+                             "that GRPO learns on images the tower has not fitted (0: every stage on all of train)")
     parser.add_argument("--grpo-rewards",
                         default="format=0.5,accuracy_gaussian=1,consistency=0.25,rank_fidelity=1,grounding=1",
                         help="comma-separated reward=weight pairs (registered rewards)")
@@ -196,6 +199,10 @@ def main() -> None:
     if args.smoke:
         rng = random.Random(args.seed)
         train_records, val_records = rng.sample(train_records, 16), rng.sample(val_records, 8)
+
+    # GRPO alone trains on the held-out prompts, if any: images whose MOS the tower has not fitted
+    fit_records, grpo_records = (split_by_group(train_records, args.grpo_holdout, args.seed) if args.grpo_holdout
+                                 else (train_records, train_records))
 
     def done(name: str) -> bool:
         return args.resume and (out / name / "model.safetensors").is_file()
@@ -229,7 +236,7 @@ def main() -> None:
     for name, epochs, needs_teacher, extra in (
             ("warmup", args.warmup_epochs, True, {"distort": args.distort}),
             ("tune", args.tune_epochs, args.tune_features,
-             {"scores": [r.mos for r in train_records], "score_weight": args.tune_weight, "crop": args.tune_crop,
+             {"scores": [r.mos for r in fit_records], "score_weight": args.tune_weight, "crop": args.tune_crop,
               "learning_rate": args.tune_lr, "fresh_learning_rate": args.tune_fresh_lr,
               "attribute_weight": args.tune_attributes})):
         if epochs and not done(name):
@@ -242,7 +249,8 @@ def main() -> None:
                 extra.update(views=args.teacher_views, cache=out / f"teacher-views-{args.teacher}.pt",
                              dense_weight=args.dense_weight)
             with stage(f"vision-{name}", timings):
-                warm_up_vision(start, train_images, teacher if needs_teacher else None, out / name,
+                images = train_images if name == "warmup" else [str(r.image) for r in fit_records]
+                warm_up_vision(start, images, teacher if needs_teacher else None, out / name,
                                epochs=1 if args.smoke else epochs, bf16=args.bf16, seed=args.seed, **extra)
         start = out / name if epochs else start
     sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3,
@@ -253,7 +261,7 @@ def main() -> None:
     if not done("sft"):
         with stage("sft", timings):
             by_image = {row["image"]: row["completion"] for row in rows}
-            records = [r for r in train_records if str(r.image) in by_image]
+            records = [r for r in fit_records if str(r.image) in by_image]
             dataset = concatenate_datasets([  # reasoning, and the bare answer: the score gets a direct signal too
                 to_dataset(records, with_completion=[by_image[str(r.image)] for r in records]),
                 to_dataset(records, think=False, with_completion=[ANSWER.search(by_image[str(r.image)]).group()
@@ -270,7 +278,7 @@ def main() -> None:
     if not done("grpo"):
         with stage("grpo", timings):
             rewards = dict(pair.split("=") for pair in args.grpo_rewards.split(","))
-            run_grpo(out / "sft", to_dataset(train_records), out / "grpo", rewards=list(rewards),
+            run_grpo(out / "sft", to_dataset(grpo_records), out / "grpo", rewards=list(rewards),
                      reward_weights=[float(w) for w in rewards.values()], lora=False,
                      vision_learning_rates=vision_rates(args.grpo_vision_lr), args=grpo_args)
     for think in (True, False):
@@ -287,7 +295,10 @@ def main() -> None:
                             "needed at run time"),
                 "limits": LIMITS,
                 "data": (f"AGIQA-3K `{args.data.name}`, train split: {len(train_records)} images of "
-                         f"{len({r.group for r in train_records})} prompts; reported on the val split's "
+                         f"{len({r.group for r in train_records})} prompts"
+                         + (f" (GRPO on {len(grpo_records)} images of {len({r.group for r in grpo_records})} "
+                            "prompts held out from the vision fine-tune and SFT)" if args.grpo_holdout else "")
+                         + "; reported on the val split's "
                          f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
                 "settings": {"size": size, "transplant_blocks": args.transplant_blocks,
                              "warmup_epochs": args.warmup_epochs, "teacher": args.teacher,
@@ -298,7 +309,7 @@ def main() -> None:
                                              "features": args.tune_features, "mos_weight": args.tune_weight,
                                              "attribute_weight": args.tune_attributes},
                              "sft": {**sft_args, "vision_tower": vision_rates(args.sft_vision_lr) or "frozen"},
-                             "grpo": {**grpo_args, "rewards": args.grpo_rewards,
+                             "grpo": {**grpo_args, "rewards": args.grpo_rewards, "holdout": args.grpo_holdout,
                                       "vision_tower": vision_rates(args.grpo_vision_lr) or "frozen"},
                              "seed": args.seed},
                 "metrics": {"val after SFT": reports["sft"], "val after GRPO": reports["grpo"],

