@@ -181,7 +181,8 @@ def main() -> None:
                         help="completions per step (a multiple of --grpo-generations; two images or more)")
     parser.add_argument("--grpo-holdout", type=float, default=0.0,
                         help="share of the train prompts kept out of the vision fine-tune and SFT for GRPO alone, so "
-                             "that GRPO learns on images the tower has not fitted (0: every stage on all of train)")
+                             "that GRPO learns on images the tower has not fitted (0: every stage on all of train; "
+                             "0.2 cost 0.042 val SRCC after SFT, and GRPO still gained nothing)")
     parser.add_argument("--grpo-rewards",
                         default="format=0.5,accuracy_gaussian=1,consistency=0.25,rank_fidelity=1,grounding=1",
                         help="comma-separated reward=weight pairs (registered rewards)")
