@@ -234,9 +234,9 @@ def main() -> None:
     teacher_options = {"maps": bool(args.dense_weight)}
     if args.teacher == "dinov2" and args.transplant_blocks:
         teacher_options["taps"] = (args.transplant_blocks,)
-    for name, epochs, needs_teacher, extra in (
-            ("warmup", args.warmup_epochs, True, {"distort": args.distort}),
-            ("tune", args.tune_epochs, args.tune_features,
+    for name, records, epochs, needs_teacher, extra in (
+            ("warmup", train_records, args.warmup_epochs, True, {"distort": args.distort}),
+            ("tune", fit_records, args.tune_epochs, args.tune_features,
              {"scores": [r.mos for r in fit_records], "score_weight": args.tune_weight, "crop": args.tune_crop,
               "learning_rate": args.tune_lr, "fresh_learning_rate": args.tune_fresh_lr,
               "attribute_weight": args.tune_attributes})):
@@ -250,8 +250,7 @@ def main() -> None:
                 extra.update(views=args.teacher_views, cache=out / f"teacher-views-{args.teacher}.pt",
                              dense_weight=args.dense_weight)
             with stage(f"vision-{name}", timings):
-                images = train_images if name == "warmup" else [str(r.image) for r in fit_records]
-                warm_up_vision(start, images, teacher if needs_teacher else None, out / name,
+                warm_up_vision(start, [str(r.image) for r in records], teacher if needs_teacher else None, out / name,
                                epochs=1 if args.smoke else epochs, bf16=args.bf16, seed=args.seed, **extra)
         start = out / name if epochs else start
     sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3,
