@@ -36,7 +36,8 @@ def targets(args) -> tuple[list, np.ndarray, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(SMOKE), help="a model folder, a registered name such as nano, or a hub id")
+    parser.add_argument("--model", default=str(SMOKE),
+                        help="a model folder, a registered name such as nano, or a hub id")
     parser.add_argument("--images", type=int, default=64, help="synthetic images (without --data)")
     parser.add_argument("--data", type=Path, help="a MOS label file to score instead of synthetic images")
     parser.add_argument("--split", help="the label file's split to score (e.g. val)")
