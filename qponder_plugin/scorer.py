@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from .backends import Backend, BackendError, Completion, Request, create_backend
@@ -125,16 +126,17 @@ class Scorer:
             raise BackendError("this scorer is closed")
         items = expand(images)
         window = self.batch_size * 4
+        load = partial(self._load, mode="think" if think else "no-think")
         with ThreadPoolExecutor(max_workers=min(4, window)) as pool:
             for begin in range(0, len(items), window):
                 chunk = items[begin:begin + window]
-                loaded = list(pool.map(self._load, chunk))
+                loaded = list(pool.map(load, chunk))
                 yield from self._score_window(loaded, think=think, n=n, temperature=temperature)
 
-    def _load(self, source: ImageSource) -> tuple[Assessment, object]:
+    def _load(self, source: ImageSource, mode: str) -> tuple[Assessment, object]:
         started = time.perf_counter()
         base = Assessment(source=describe(source), model=self.model_id, profile=self.profile.name,
-                          backend=self.backend_name)
+                          backend=self.backend_name, mode=mode)
         try:
             image = load_image(source, max_pixels=self.max_pixels)
         except ImageError as exc:
@@ -170,7 +172,6 @@ class Scorer:
                 return
         per_item_ms = round((time.perf_counter() - started) * 1000 / len(batch), 2)
         for (assessment, _), result in zip(batch, results):
-            assessment.mode = "think" if think else "no-think"
             assessment.timings["infer_ms"] = per_item_ms
             if isinstance(result, BaseException):
                 assessment.status, assessment.error = "backend_error", f"{type(result).__name__}: {result}"

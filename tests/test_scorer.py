@@ -77,6 +77,7 @@ def test_bad_files_are_per_item_errors_and_the_batch_goes_on(scorer, tmp_path):
     assert "corrupt" in results[1].error and "no such file" in results[2].error
     assert all(r.score is None for r in results if not r.ok)
     assert results[1].source == str(broken)
+    assert {r.mode for r in scorer.assess_batch(inputs, think=False)} == {"no-think"}  # failed rows say so too
 
 
 def test_truncated_reasoning_gets_a_clear_status(smoke_model):
