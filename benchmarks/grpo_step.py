@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def ensure_model(path: Path) -> Path:
     """Build the trained smoke model into ``path`` unless it is already there."""
     if not (path / "config.json").is_file():
-        from qponder_plugin.testing import build_tiny_model
+        from smoke_model import build_tiny_model
 
         print(f"building the smoke model in {path} (about a minute, once)...", flush=True)
         build_tiny_model(path)
@@ -64,7 +64,7 @@ def ensure_model(path: Path) -> Path:
 
 def make_records(count: int) -> list:
     """Solid images of evenly spread brightness, written once, with MOS = ``brightness_score``."""
-    from qponder_plugin.testing import brightness_score, solid_image
+    from smoke_model import brightness_score, solid_image
     from qponder_plugin.training.data import MosRecord
 
     folder = BENCH_DIR / "images"

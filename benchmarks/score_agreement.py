@@ -18,7 +18,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from qponder_plugin import load_scorer
-from qponder_plugin.testing import build_tiny_model, solid_image
+from smoke_model import build_tiny_model, solid_image
 
 SMOKE = Path(__file__).resolve().parents[1] / ".cache" / "qponder-smoke"
 

@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def ensure_model(path: Path) -> Path:
     """Build the trained smoke model into ``path`` unless it is already there."""
     if not (path / "config.json").is_file():
-        from qponder_plugin.testing import build_tiny_model
+        from smoke_model import build_tiny_model
 
         print(f"building the smoke model in {path} (about a minute, once)...", flush=True)
         build_tiny_model(path)
@@ -91,7 +91,7 @@ def ensure_model(path: Path) -> Path:
 def load_images(count: int, folder: Path | None) -> list:
     """Pre-load the inputs through qponder's loader, so every mode gets the very same pixels."""
     from qponder_plugin.images import iter_image_files, load_image
-    from qponder_plugin.testing import solid_image
+    from smoke_model import solid_image
 
     if folder is None:
         sources = [solid_image((i * 0.618) % 1.0, size=256 + (i * 97) % 513, seed=i) for i in range(count)]

@@ -1,6 +1,12 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The nano recipe's own modules (the smoke and nano model builders, the vision transplant and fine-tune) are plain
+# modules in examples/nano, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "nano"))
 
 # Nothing in the tests may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,7 +18,7 @@ os.environ.pop("QPONDER_MODEL", None)
 def smoke_model(tmp_path_factory):
     """The trained tiny Qwen2.5-VL (scores brightness), built offline once per test session."""
     pytest.importorskip("transformers", reason="needs the transformers extra")
-    from qponder_plugin.testing import build_tiny_model
+    from smoke import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "qponder-smoke")
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from qponder_plugin import __version__
 from qponder_plugin.cli import build
-from qponder_plugin.testing import solid_image
+from smoke import solid_image
 
 
 @pytest.fixture(scope="module")

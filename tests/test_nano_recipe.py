@@ -1,4 +1,4 @@
-"""The qponder-nano recipe script (examples/train_nano.py) end to end in --smoke mode on real AGIQA-3K images:
+"""The qponder-nano recipe script (examples/nano/train_nano.py) end to end in --smoke mode on real AGIQA-3K images:
 every stage runs and leaves its output. The full run is a script, not a test."""
 
 import json
@@ -17,7 +17,7 @@ LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 
 
 def run_recipe(out: Path, *options: str) -> tuple[dict, str]:
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "train_nano.py"), "--data", str(LABELS),
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "nano" / "train_nano.py"), "--data", str(LABELS),
                            "--out", str(out), "--smoke", *options], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("sft", "grpo", "grpo-nothink", "export"):

@@ -11,7 +11,7 @@ import qponder_plugin
 from qponder_plugin import Assessment, BackendError, ModelNotFoundError, assess, assess_batch, load_scorer
 from qponder_plugin.backends.hf import TransformersBackend
 from qponder_plugin.result import SCHEMA_VERSION
-from qponder_plugin.testing import solid_image
+from smoke import solid_image
 
 pytestmark = pytest.mark.model
 

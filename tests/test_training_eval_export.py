@@ -168,7 +168,7 @@ def test_evaluate_nothing_scored_writes_strict_json(tmp_path):
 
 @pytest.mark.model
 def test_evaluate_smoke_model(scorer, tmp_path):
-    from qponder_plugin.testing import solid_image
+    from smoke import solid_image
 
     records = []
     for i, brightness in enumerate([0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95]):
@@ -200,7 +200,7 @@ def lora(tmp_path_factory):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from qponder_plugin.profiles import QPONDER
-    from qponder_plugin.testing import build_tiny_model, solid_image
+    from smoke import build_tiny_model, solid_image
 
     root = tmp_path_factory.mktemp("export")
     base = build_tiny_model(root / "base", trained=False)
@@ -292,7 +292,7 @@ def test_export_merges_lora(lora):
 @pytest.mark.model
 def test_exported_model_loads_in_scorer(lora):
     from qponder_plugin import Assessment, load_scorer
-    from qponder_plugin.testing import solid_image
+    from smoke import solid_image
     from qponder_plugin.training.export import export
 
     out = export(lora["adapter"], lora["root"] / "for-scorer", base_model=lora["base"])

@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from qponder_plugin import load_scorer
-from qponder_plugin.testing import solid_image
+from smoke import solid_image
 
 pytestmark = [pytest.mark.model, pytest.mark.train]
 
@@ -25,7 +25,7 @@ def brightness_scored(folder, count: int = 24) -> tuple[list[str], list[float]]:
 def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path, views, distort, bf16):
     import torch
 
-    from qponder_plugin.training.vision import warm_up_vision
+    from vision import warm_up_vision
 
     paths = []
     for i in range(24):
@@ -65,7 +65,7 @@ def test_warm_up_distils_into_the_vision_tower_only(smoke_model, tmp_path, views
 def test_warm_up_learns_the_scores_when_given(smoke_model, tmp_path):
     import torch
 
-    from qponder_plugin.training.vision import warm_up_vision
+    from vision import warm_up_vision
 
     paths, scores = brightness_scored(tmp_path)
     (tmp_path / "broken.png").write_bytes(b"not a png")  # skipped with its score; the others stay aligned
@@ -88,7 +88,7 @@ def test_warm_up_learns_the_scores_when_given(smoke_model, tmp_path):
 def test_fine_tune_on_scores_alone_gives_the_fresh_merger_its_own_rate(smoke_model, tmp_path):
     import torch
 
-    from qponder_plugin.training.vision import warm_up_vision
+    from vision import warm_up_vision
 
     paths, scores = brightness_scored(tmp_path)
     with pytest.raises(ValueError, match="without a teacher it needs scores"):
@@ -107,7 +107,7 @@ def test_fine_tune_on_scores_alone_gives_the_fresh_merger_its_own_rate(smoke_mod
 
 
 def test_fine_tune_can_also_learn_the_measured_attributes(smoke_model, tmp_path):
-    from qponder_plugin.training.vision import warm_up_vision
+    from vision import warm_up_vision
 
     paths, scores = brightness_scored(tmp_path)
     with pytest.raises(ValueError, match="attribute_weight needs undistorted crops"):
@@ -125,7 +125,7 @@ def test_fine_tune_can_also_learn_the_measured_attributes(smoke_model, tmp_path)
 def test_fixed_views_are_computed_once_then_read_from_the_cache(tmp_path):
     import torch
 
-    from qponder_plugin.training.vision import fixed_views
+    from vision import fixed_views
 
     pictures = [solid_image(i / 5, 48 + 8 * i, seed=i) for i in range(6)]
     paths = [f"img{i}.png" for i in range(6)]
@@ -167,7 +167,7 @@ def test_output_tokens_come_in_raster_order_of_the_grid_dense_targets_use(smoke_
     from PIL import Image
 
     from qponder_plugin.training.trainers import load_policy, vision_tower
-    from qponder_plugin.training.vision import teacher_features
+    from vision import teacher_features
 
     model, processor = load_policy(smoke_model, freeze_vision=False)
     tower = vision_tower(model).float().eval()
@@ -207,7 +207,7 @@ def test_dense_warm_up_fits_every_token(smoke_model, tmp_path):
     import torch
     from PIL import Image
 
-    from qponder_plugin.training.vision import warm_up_vision
+    from vision import warm_up_vision
 
     rng, paths = np.random.default_rng(0), []
     for i in range(24):  # dark pictures with one bright quarter: where it is changes the tokens, not the mean
@@ -241,7 +241,7 @@ def test_dense_warm_up_fits_every_token(smoke_model, tmp_path):
 def test_distortions_change_the_share_asked_and_keep_the_format():
     import torch
 
-    from qponder_plugin.training.vision import distortions
+    from vision import distortions
 
     torch.manual_seed(0)
     textures = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(200)]
@@ -256,7 +256,7 @@ def test_distortions_change_the_share_asked_and_keep_the_format():
 
 
 def test_distorted_warm_up_needs_fresh_crops_and_no_scores(smoke_model, tmp_path):
-    from qponder_plugin.training.vision import warm_up_vision
+    from vision import warm_up_vision
 
     path = tmp_path / "img.png"
     solid_image(0.5, 64).save(path)
@@ -273,7 +273,7 @@ def test_distorted_warm_up_needs_fresh_crops_and_no_scores(smoke_model, tmp_path
 def test_patch_embedding_stays_float32_under_autocast():
     import torch
 
-    from qponder_plugin.training.vision import _without_autocast
+    from vision import _without_autocast
 
     layer = torch.nn.Linear(4, 4)
     pixels = torch.rand(2, 4)
@@ -283,6 +283,6 @@ def test_patch_embedding_stays_float32_under_autocast():
 
 
 def test_native_crops_are_one_token_short_of_the_input_side():
-    from qponder_plugin.training.vision import native_crop
+    from vision import native_crop
 
     assert [native_crop(side, 28) for side in (252, 112, 56, 28)] == [224, 84, 28, 28]

@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 
 import pytest
 
-from qponder_plugin.training.vision_teachers import DINOV2_ONNX, VISION_TEACHERS, dinov2_from_onnx
+from vision_teachers import DINOV2_ONNX, VISION_TEACHERS, dinov2_from_onnx
 
 pytestmark = [pytest.mark.model, pytest.mark.train]
 

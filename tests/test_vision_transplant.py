@@ -6,7 +6,7 @@ survive the transplant, and the result scores through the library."""
 import pytest
 
 from qponder_plugin import load_scorer
-from qponder_plugin.testing import IMAGE_SIDE, solid_image
+from smoke import IMAGE_SIDE, solid_image
 
 pytestmark = [pytest.mark.model, pytest.mark.train]
 
@@ -33,7 +33,7 @@ def qwen_tower(smoke_model, dinov2, blocks: int, calibration=None):
     from transformers import AutoProcessor
 
     from qponder_plugin.training.trainers import load_policy, vision_tower
-    from qponder_plugin.training.vision_transplant import dinov2_as_qwen_tower
+    from vision_transplant import dinov2_as_qwen_tower
 
     image_processor = AutoProcessor.from_pretrained(smoke_model).image_processor
     fields, state = dinov2_as_qwen_tower(dinov2, blocks, image_processor.image_mean, image_processor.image_std,
@@ -63,7 +63,7 @@ def tower_output(tower, inputs, rotary: bool = True):
 def test_tower_computes_dinov2_blocks_exactly(smoke_model):
     import torch
 
-    from qponder_plugin.training.vision_transplant import IMAGENET
+    from vision_transplant import IMAGENET
 
     dinov2, blocks = random_dinov2(), 2
     tower, image_processor = qwen_tower(smoke_model, dinov2, blocks)
@@ -88,7 +88,7 @@ def test_rotary_slots_follow_the_towers_turning_rates(smoke_model):
     """The slot order is read off transformers' own rotary embedding: least turned first, pairs turning together."""
     import torch
 
-    from qponder_plugin.training.vision_transplant import rotary_slots
+    from vision_transplant import rotary_slots
 
     tower, _ = qwen_tower(smoke_model, random_dinov2(1), 1)
     cos, _ = tower.rotary_pos_emb(torch.zeros(1), torch.tensor([[1, 1]]))  # one step along both axes
@@ -103,7 +103,7 @@ def test_rotary_slots_follow_the_towers_turning_rates(smoke_model):
 def test_rebased_heads_keep_every_score_and_rank_its_parts():
     import torch
 
-    from qponder_plugin.training.vision_transplant import rebase_heads, rotary_slots
+    from vision_transplant import rebase_heads, rotary_slots
 
     generator = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(3 * 128, 128, generator=generator), torch.randn(3 * 128, generator=generator)
@@ -129,7 +129,7 @@ def test_rebasing_cuts_the_rotary_drift(smoke_model, monkeypatch):
     import torch
     from torchvision.transforms import v2
 
-    from qponder_plugin.training import vision_transplant
+    import vision_transplant
 
     dinov2 = random_dinov2()
     pictures = [solid_image(0.6, IMAGE_SIDE, seed=seed) for seed in range(4)]
@@ -149,7 +149,7 @@ def test_transplant_keeps_the_language_model_and_scores(smoke_model, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from qponder_plugin.training.vision_transplant import transplant_dinov2
+    from vision_transplant import transplant_dinov2
 
     out = transplant_dinov2(smoke_model, random_dinov2(), tmp_path / "transplanted", blocks=2)
     before, after = load_file(smoke_model / "model.safetensors"), load_file(out / "model.safetensors")

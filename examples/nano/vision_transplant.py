@@ -29,7 +29,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from .vision_teachers import IMAGENET, _normalise
+from vision_teachers import IMAGENET, _normalise
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def transplant_dinov2(checkpoint: str | Path, dinov2, output_dir: str | Path, *,
 
     from qponder_plugin.backends.hf import pixel_budget
 
-    from .trainers import save_with_card, vision_tower
+    from qponder_plugin.training.trainers import save_with_card, vision_tower
 
     processor = AutoProcessor.from_pretrained(checkpoint)
     image = processor.image_processor

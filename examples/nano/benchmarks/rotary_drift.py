@@ -5,7 +5,7 @@ with the rotary embedding as configured, and with every rotary angle at zero. Th
 between the two, ``||on - off|| / ||off||``. A tower transplanted from DINOv2 (no rotary positions of its own) should
 drift little: ``vision_transplant`` re-bases its heads for that.
 
-    .venv/bin/python benchmarks/rotary_drift.py runs/nano/transplant runs/nano/tune
+    .venv/bin/python examples/nano/benchmarks/rotary_drift.py runs/nano/transplant runs/nano/tune
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 
 

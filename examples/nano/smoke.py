@@ -1,12 +1,12 @@
-"""Tiny offline Qwen2.5-VL models for tests, examples and CI: no hub, no network, a few seconds on a CPU.
+"""The tiny offline Qwen2.5-VL "smoke" model for tests and benchmarks: no hub, no network, a few seconds on a CPU.
 
 ``build_tiny_model(path)`` writes a real ``Qwen2_5_VLForConditionalGeneration`` checkpoint with a real
-``Qwen2_5_VLProcessor`` and a byte-level BPE tokenizer trained here. With ``trained=True`` (the default), a short
-``transformers.Trainer`` run teaches it the ``qponder`` answer format, with a score that follows one visible rule:
-brightness (dark ≈ 1, bright ≈ 5). It is a *smoke model*: it proves the plumbing end to end, it does not judge
-quality. Heavy libraries are imported inside the functions.
+``Qwen2_5_VLProcessor`` and a byte-level BPE tokenizer trained here (``builders``). With ``trained=True`` (the
+default), a short ``transformers.Trainer`` run teaches it the ``qponder`` answer format, with a score that follows one
+visible rule: brightness (dark ≈ 1, bright ≈ 5). It is a *smoke model*: it proves the plumbing end to end, it does
+not judge quality. Heavy libraries are imported inside the functions.
 
-Command line: ``python -m qponder_plugin.testing DIR [--untrained]``.
+Command line: ``python examples/nano/smoke.py DIR [--untrained]``.
 """
 
 from __future__ import annotations
@@ -16,19 +16,10 @@ import random
 import sys
 from pathlib import Path
 
-from .profiles import QPONDER
+from builders import build_config, build_processor, build_tokenizer
+from qponder_plugin.profiles import QPONDER
 
 IMAGE_SIDE = 56  # pixels per side the processor feeds the vision tower: 4x4 patches -> 4 merged image tokens
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 _BANDS = (  # brightness upper bound -> exposure findings
     (0.3, ["Exposure: the image is very dark and underexposed; shadows swallow most of the detail.",
            "Exposure: far too low, so the picture looks murky and dark and midtones are crushed."]),
@@ -73,53 +64,6 @@ def solid_image(brightness: float, size: int = IMAGE_SIDE, seed: int = 0):
     base = np.full((size, size, 3), brightness * 255.0) + rng.normal(0, 6, (size, size, 3))
     tint = rng.uniform(-12, 12, 3)
     return Image.fromarray(np.clip(base + tint, 0, 255).astype("uint8"))
-
-
-def build_tokenizer(corpus: list[str], vocab_size: int = 600):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),  # one token per digit, as in Qwen: probability scores need it
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=CHAT_TEMPLATE, model_max_length=2048)
-
-
-def build_processor(tokenizer, side: int = IMAGE_SIDE):
-    """The real Qwen2.5-VL processor, resizing every image to about ``side`` x ``side`` pixels."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
-
-    pixels = side * side
-    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2)
-    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
-
-
-def build_config(tokenizer, hidden: int = 128, layers: int = 2, vision_depth: int = 2, window: int = 56):
-    """A small Qwen2.5-VL config: head_dim 64 in both towers (vLLM's CPU attention needs >= 64). ``window`` is the
-    vision tower's attention window in pixels (Qwen2.5-VL uses 112); its last block attends to the whole image."""
-    from transformers import Qwen2_5_VLConfig
-
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in [
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
-    heads = hidden // 64
-    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
-                bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
-    vision = dict(depth=vision_depth, hidden_size=hidden, intermediate_size=2 * hidden, num_heads=heads,
-                  out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                  window_size=window, fullatt_block_indexes=[vision_depth - 1])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
 
 
 def _messages(prompt: str) -> list[dict]:
@@ -173,7 +117,7 @@ def build_tiny_model(path: str | Path, *, trained: bool = True, seed: int = 0, s
     rng = random.Random(seed)
     corpus = [_CORPUS, QPONDER.think_prompt, QPONDER.nothink_prompt]
     corpus += [completion_for(rng.random(), True, rng) for _ in range(200)]
-    processor = build_processor(build_tokenizer(corpus))
+    processor = build_processor(build_tokenizer(corpus), side=IMAGE_SIDE)
     model = Qwen2_5_VLForConditionalGeneration(build_config(processor.tokenizer))
     if trained:
         args = TrainingArguments(output_dir=str(path / "_trainer"), max_steps=steps, per_device_train_batch_size=16,
@@ -196,7 +140,7 @@ def build_tiny_model(path: str | Path, *, trained: bool = True, seed: int = 0, s
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-"):
-        raise SystemExit("usage: python -m qponder_plugin.testing DIR [--untrained]")
+        raise SystemExit("usage: python examples/nano/smoke.py DIR [--untrained]")
     print(build_tiny_model(argv[0], trained="--untrained" not in argv))
 
 

@@ -6,18 +6,21 @@ resized to 256, horizontal flips), and reports val SRCC/PLCC after every epoch o
 No choice is made on val: the last epoch is the result. It is the bar a pretrained network of that size sets, next
 to the nano model's own tower.
 
-    .venv/bin/python benchmarks/teacher_finetune.py --epochs 8 --save runs/mobilenet_v2-agiqa.pth
+    .venv/bin/python examples/nano/benchmarks/teacher_finetune.py --epochs 8 --save runs/mobilenet_v2-agiqa.pth
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+RECIPE = Path(__file__).resolve().parents[1]  # examples/nano: the recipe's modules are plain modules there
+sys.path.insert(0, str(RECIPE))
+ROOT = RECIPE.parents[1]
 LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 
 
@@ -38,7 +41,7 @@ def main() -> None:
     from torchvision.transforms import v2
 
     from qponder_plugin.training.data import read_mos
-    from qponder_plugin.training.vision_teachers import IMAGENET, mobilenet_v2
+    from vision_teachers import IMAGENET, mobilenet_v2
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv with a split column")

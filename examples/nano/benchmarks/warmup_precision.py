@@ -7,8 +7,8 @@ so loading the model and images and saving the result are included, which unders
 each run's mean loss over its last steps (bf16 must learn as well as float32, not just faster). On a CPU without AMX
 or AVX512-BF16, bfloat16 matrix products are emulated and the ratio can fall below 1.
 
-    .venv/bin/python benchmarks/warmup_precision.py                  # 12 steps of 32 crops, 3 rounds
-    .venv/bin/python benchmarks/warmup_precision.py --steps 40 --rounds 2
+    .venv/bin/python examples/nano/benchmarks/warmup_precision.py                  # 12 steps of 32 crops, 3 rounds
+    .venv/bin/python examples/nano/benchmarks/warmup_precision.py --steps 40 --rounds 2
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+RECIPE = Path(__file__).resolve().parents[1]  # examples/nano: the recipe's modules are plain modules there
+sys.path.insert(0, str(RECIPE))
+ROOT = RECIPE.parents[1]
 LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 
 
@@ -34,8 +37,8 @@ def main() -> None:
 
     from qponder_plugin.scorer import NANO
     from qponder_plugin.training.data import read_mos
-    from qponder_plugin.training.vision import warm_up_vision
-    from qponder_plugin.training.vision_teachers import mobilenet_teacher
+    from vision import warm_up_vision
+    from vision_teachers import mobilenet_teacher
 
     teacher = mobilenet_teacher(device="cpu", maps=True)
     if teacher is None:

@@ -7,19 +7,22 @@ transplanted or warmed-up tower, the vision fine-tune) shows what each stage add
 ``teacher:NAME`` probes a warm-up teacher's own features of the whole image at 224 x 224 instead: the ceiling its
 student aims at.
 
-    .venv/bin/python benchmarks/vision_probe.py runs/nano/init runs/nano/transplant runs/nano/tune
-    .venv/bin/python benchmarks/vision_probe.py teacher:dinov2 teacher:mobilenet
+    .venv/bin/python examples/nano/benchmarks/vision_probe.py runs/nano/init runs/nano/transplant runs/nano/tune
+    .venv/bin/python examples/nano/benchmarks/vision_probe.py teacher:dinov2 teacher:mobilenet
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+RECIPE = Path(__file__).resolve().parents[1]  # examples/nano: the recipe's modules are plain modules there
+sys.path.insert(0, str(RECIPE))
+ROOT = RECIPE.parents[1]
 LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 
 
@@ -50,7 +53,7 @@ def teacher_features(name: str, paths: list[str], side: int = 224, batch_size: i
     from torchvision.transforms import v2
 
     from qponder_plugin.images import load_image
-    from qponder_plugin.training.vision_teachers import VISION_TEACHERS
+    from vision_teachers import VISION_TEACHERS
 
     build, package = VISION_TEACHERS[name]
     teacher = build()

