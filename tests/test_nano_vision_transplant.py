@@ -63,7 +63,7 @@ def tower_output(tower, inputs, rotary: bool = True):
 def test_tower_computes_dinov2_blocks_exactly(smoke_model):
     import torch
 
-    from vision_transplant import IMAGENET
+    from dinov2 import IMAGENET
 
     dinov2, blocks = random_dinov2(), 2
     tower, image_processor = qwen_tower(smoke_model, dinov2, blocks)

@@ -1,0 +1,128 @@
+"""The vision fine-tune: a transplanted vision tower trained end to end on the train MOS before SFT.
+
+The tower, plus a temporary linear head on the mean of its output tokens, regresses the standardised MOS of each
+image. Its pretrained blocks take a low learning rate, so that they adapt to their rotary positions without
+forgetting DINOv2, and the fresh merger and the head a higher one (``fresh_learning_rate``). Each crop is cut from the
+image at the side the model sees and is one token row smaller (``native_crop``), so blur, noise and artefacts keep
+the scale they have in the whole image. Only the vision tower is updated and saved; the head is thrown away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from qponder_plugin.images import ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+
+def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[float], output_dir: str | Path, *,
+                score_weight: float = 1.0, epochs: int = 10, batch_size: int = 32, learning_rate: float = 1e-3,
+                fresh_learning_rate: float | None = None, bf16: bool = False, seed: int = 0,
+                log_every: int = 10) -> Path:
+    """Fine-tune the vision tower of ``checkpoint`` on ``scores`` (one MOS per image); write the whole model to
+    ``output_dir``.
+
+    Each step takes ``batch_size`` images, resizes each to the processor's input side, cuts a random native crop,
+    flips half of them, and fits ``score_weight`` times the MSE of the standardised MOS (the weight scales the loss
+    that gradient clipping at norm 1 sees). ``fresh_learning_rate`` (default: ``learning_rate``) is the rate of the
+    merger and the temporary head, while the tower's blocks keep ``learning_rate``. With ``bf16``, the tower's forward
+    passes run under bfloat16 autocast (faster on CPUs with AMX and on recent GPUs; the weights, the optimiser and the
+    patch embedding stay float32). Unreadable images are skipped with a warning, with their scores. Runs on CUDA when
+    available. Returns ``output_dir``; the per-step losses (total and MOS) go to ``tune_log.json``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torchvision.transforms import v2
+
+    from qponder_plugin.backends.hf import pixel_budget
+    from qponder_plugin.training.trainers import load_policy, save_with_card, tower_parts, vision_tower
+
+    if len(scores) != len(images):
+        raise ValueError(f"vision fine-tune: {len(scores)} scores for {len(images)} images")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    output_dir = Path(output_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, processor = load_policy(checkpoint, freeze_vision=False)
+    dtype = model.dtype
+    tower = vision_tower(model).to(device=device, dtype=torch.float32).train()
+    embed = getattr(tower, "patch_embed", None) if bf16 else None
+    if embed is not None:  # a bfloat16 patch embedding (a convolution) trains several times slower on CPU
+        embed.forward = _without_autocast(embed.forward, device)
+    side = round(pixel_budget(processor.image_processor) ** 0.5)
+    pictures, kept = [], []
+    for index, path in enumerate(images):
+        try:
+            pictures.append(load_image(path, max_pixels=(2 * side) ** 2))
+            kept.append(index)
+        except ImageError as exc:
+            log.warning("vision fine-tune skips an image: %s", exc)
+    if not pictures:
+        raise ValueError("vision fine-tune: none of the images could be read")
+    cell = model.config.vision_config.patch_size * model.config.vision_config.spatial_merge_size  # one output token
+    augment = v2.Compose([v2.Resize((side, side), antialias=True), v2.RandomCrop(native_crop(side, cell)),
+                          v2.RandomHorizontalFlip()])
+    mos = _standardised(torch.tensor([float(scores[i]) for i in kept])).to(device)  # of the images read
+    score_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, 1).to(device)
+    blocks, merger = tower_parts(tower)
+    groups = [{"params": blocks, "lr": learning_rate},
+              {"params": merger + list(score_head.parameters()),
+               "lr": learning_rate if fresh_learning_rate is None else fresh_learning_rate}]
+    parameters = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.05)
+    steps = epochs * max(1, len(pictures) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[group["lr"] for group in groups],
+                                                   total_steps=steps, pct_start=0.05)
+    history, order = [], []
+    for step in range(steps):
+        if len(order) < batch_size:
+            order += rng.sample(range(len(pictures)), len(pictures))
+        batch, order = order[:batch_size], order[batch_size:]
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):  # the weights stay float32
+            crops = [augment(pictures[i]) for i in batch]
+            inputs = processor.image_processor(images=crops, return_tensors="pt").to(device)
+            tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+            pooled = tokens.reshape(len(crops), -1, tokens.shape[-1]).mean(1)
+            mos_loss = F.mse_loss(score_head(pooled).squeeze(1), mos[batch])
+            loss = score_weight * mos_loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        history.append({"step": step + 1, "mos_loss": round(mos_loss.item(), 5), "loss": round(loss.item(), 5)})
+        if log_every and (step + 1) % log_every == 0:
+            print(f"vision fine-tune step {step + 1}/{steps}: loss {loss.item():.4f}", flush=True)
+    if embed is not None:
+        del embed.forward
+    tower.to(device="cpu", dtype=dtype)
+    save_with_card(model, processor, output_dir, checkpoint)
+    (output_dir / "tune_log.json").write_text(json.dumps(history))
+    return output_dir
+
+
+def _standardised(values: "torch.Tensor") -> "torch.Tensor":
+    """A vector at zero mean and unit standard deviation; a constant one stays at zero."""
+    return (values - values.mean(0)) / values.std(0, correction=0).clamp_min(1e-6)
+
+
+def _without_autocast(forward: Callable, device: str) -> Callable:
+    """``forward`` run in float32 even inside an autocast region."""
+    import torch
+
+    def run(pixels):
+        with torch.autocast(device, enabled=False):
+            return forward(pixels.float())
+
+    return run
+
+
+def native_crop(side: int, cell: int) -> int:
+    """The side of a native crop: one output token (``cell`` pixels) short of the input ``side``, at least one token.
+    Trained on such crops, the tower meets the same scale when it sees the whole image at ``side``."""
+    return max(cell, side - cell)
