@@ -169,7 +169,7 @@ def build_trainers(model_dir: Path, records: list, rewards: list[str], settings:
     from trl import GRPOConfig, GRPOTrainer
 
     from qponder_plugin.training.data import to_dataset
-    from qponder_plugin.training.plugin import get_rewards
+    from qponder_plugin.training.registry import get_rewards
     from qponder_plugin.training.trainers import build_grpo, lora_config, trainer_defaults
 
     ours, _ = build_grpo(model_dir, to_dataset(records), BENCH_DIR / "ours", rewards=rewards, args=settings)

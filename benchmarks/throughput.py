@@ -130,8 +130,8 @@ def measure_throughput(args: argparse.Namespace, model_dir: Path, images: list) 
     from transformers.utils.logging import disable_progress_bar
 
     from qponder_plugin import Scorer
-    from qponder_plugin.backends.hf import pick_attention, pick_device, pick_dtype
-    from qponder_plugin.profiles import QPONDER
+    from qponder_plugin.default_plugins.transformers_backend import pick_attention, pick_device, pick_dtype
+    from qponder_plugin.default_plugins.profiles import QPONDER
 
     disable_progress_bar()
     if args.threads:

@@ -19,8 +19,9 @@ _EXPORTS = {
     "Scorer": "scorer", "load_scorer": "scorer", "list_models": "scorer", "ModelNotFoundError": "scorer",
     "Assessment": "result",
     "ImageError": "images", "load_image": "images",
-    "Profile": "profiles", "get_profile": "profiles",
-    "Backend": "backends", "BackendError": "backends", "Request": "backends", "Completion": "backends",
+    "Profile": "profile", "get_profile": "registry",
+    "Backend": "backend", "BackendError": "backend", "Request": "backend", "Completion": "backend",
+    "register_plugin": "plugins", "unregister_plugin": "plugins",
 }
 __all__ = ["__version__", "hookimpl", *_EXPORTS]
 

@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
-from functools import lru_cache
 
-from .backends import get_backends
 from .images import ImageSource
+from .registry import get_backends
 from .result import Assessment
 from .scorer import Scorer, resolve_model
 
 _CALL_OPTIONS = ("think", "n", "temperature")
+_warm: list = []  # [(settings, scorer)]: the last scorer, reused while the settings are equal
+_lock = threading.Lock()
 
 
-@lru_cache(maxsize=1)
-def _scorer(model: str, backend: str | None, options: tuple) -> Scorer:
-    return Scorer(model, backend=backend, **dict(options))
+def _scorer(settings: tuple) -> Scorer:
+    """The warm scorer for ``settings``, compared by equality (a :class:`Profile` is an option and is not
+    hashable); loading another model closes the previous one."""
+    with _lock:
+        if _warm and _warm[0][0] == settings:
+            return _warm[0][1]
+        if _warm:
+            _warm.pop()[1].close()
+        model, backend, options = settings
+        scorer = Scorer(model, backend=backend, **dict(options))
+        _warm.append((settings, scorer))
+        return scorer
 
 
 def _split(model, backend, options: dict) -> tuple[Scorer, dict]:
     call = {k: options.pop(k) for k in _CALL_OPTIONS if k in options}
     model_id = resolve_model(model)[0] if model is None else str(model)
-    return _scorer(model_id, backend, tuple(sorted(options.items()))), call
+    return _scorer((model_id, backend, tuple(sorted(options.items())))), call
 
 
 def assess(image: ImageSource, *, model: str | None = None, backend: str | None = None, think: bool = True,

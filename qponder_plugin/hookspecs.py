@@ -14,17 +14,26 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
+def register_hookspecs(register):
+    """Add hook specifications of your own: ``register(module_or_class)`` (pytest's ``pytest_addhooks`` pattern).
+
+    A wing or plugin that offers extension points of its own (the training wing's rewards and teachers) declares
+    them here; the core calls this for every plugin as it loads, before it checks hook names.
+    """
+
+
+@hookspec
 def register_backends(register):
     """Add inference backends: ``register(name, factory)``.
 
-    ``factory(model, **options)`` returns a :class:`qponder_plugin.backends.Backend`. Import heavy engines
+    ``factory(model, **options)`` returns a :class:`qponder_plugin.backend.Backend`. Import heavy engines
     inside the factory, never at module import time.
     """
 
 
 @hookspec
 def register_profiles(register):
-    """Add model profiles: ``register(profile)`` with a :class:`qponder_plugin.profiles.Profile`."""
+    """Add model profiles: ``register(profile)`` with a :class:`qponder_plugin.profile.Profile`."""
 
 
 @hookspec

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .registry import get_image_loaders
+
 # 1280 * 28 * 28: the usual Qwen2.5-VL budget (1,280 visual tokens).
 DEFAULT_MAX_PIXELS = 1_003_520
 
@@ -30,7 +32,7 @@ class ImageError(ValueError):
 
 def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Return ``source`` as an 8-bit RGB image of at most ``max_pixels`` pixels, or raise :class:`ImageError`."""
-    for loader in plugin_loaders():
+    for loader in get_image_loaders():
         try:
             converted = loader(source)
         except ImageError:
@@ -86,14 +88,6 @@ def describe(source: ImageSource) -> str:
 
 
 @cache
-def plugin_loaders() -> tuple:
-    from .plugins import collect
-
-    loaders: list = []
-    collect("register_image_loaders", register=loaders.append)
-    return tuple(loaders)
-
-
 def _load_path(path: str, max_pixels: int | None) -> Image.Image:
     if not os.path.exists(path):
         raise ImageError(f"{path}: no such file")

@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
-_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S | re.I)
+# An answer runs to its closing tag, the next <answer> (a model that reopens the tag restates its answer) or the end.
+_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|(?=<answer>)|\Z)", re.S | re.I)
 _THINK = re.compile(r"<think>(.*?)(?:</think>|(?=<answer>)|\Z)", re.S | re.I)
 _KEYED = re.compile(rf"""["']?\b(?:score|rating|quality(?:\s+score)?)\b["']?\s*[:=]\s*["']?({_NUMBER})""", re.I)
 _NUMBER_RE = re.compile(_NUMBER)

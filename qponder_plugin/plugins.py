@@ -1,8 +1,11 @@
-"""The plugin manager: built-ins, entry-point plugins, and isolation of broken plugins.
+"""The plugin manager: the built-in plugins, entry-point plugins, plugins registered at run time, and isolation
+of broken ones.
 
 Third-party plugins are distributions exposing an entry point in the ``qponder_plugin`` group. Set
-``QPONDER_DISABLE_PLUGINS=1`` (or a comma-separated list of entry-point names) to switch them off; plugins that
-ship inside the ``qponder-plugin`` distribution itself (its wings) always load.
+``QPONDER_DISABLE_PLUGINS=1`` (or a comma-separated list of entry-point names) to switch them off; they are then
+blocked in pluggy and never imported. Plugins that ship inside the ``qponder-plugin`` distribution itself (its
+wings) always load. The manager is built once per process; the registries built on it
+(:mod:`qponder_plugin.registry`) are collected on every lookup, so ``register_plugin()`` takes effect at once.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import importlib
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
 from types import MappingProxyType
@@ -21,11 +24,10 @@ import pluggy
 
 from . import hookspecs
 
-
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 DISABLE_ENV = "QPONDER_DISABLE_PLUGINS"
 OWN_DISTRIBUTION = "qponder-plugin"
-BUILTIN_MODULES = ("qponder_plugin.profiles", "qponder_plugin.backends", "qponder_plugin.commands")
+BUILTIN_MODULES = tuple(f"qponder_plugin.default_plugins.{name}" for name in ("profiles", "backends", "commands"))
 
 
 class PluginWarning(UserWarning):
@@ -35,29 +37,64 @@ class PluginWarning(UserWarning):
 @dataclass
 class PluginInfo:
     name: str
-    origin: str  # "builtin", or the distribution name and version
+    origin: str  # "builtin", "runtime", or the distribution name and version
     status: str = "loaded"  # loaded | disabled | error
     error: str | None = None
-    hooks: list[str] = field(default_factory=list)
 
 
-@dataclass
 class Plugins:
-    manager: pluggy.PluginManager
-    info: dict[str, PluginInfo]
+    """A pluggy manager with a record of where each plugin came from and what went wrong with it."""
 
-    def collect(self, hook: str, **kwargs) -> None:
-        """Call every implementation of ``hook`` in turn; one that raises is reported, the others still run."""
-        for impl in getattr(self.manager.hook, hook).get_hookimpls():
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+
+    def register(self, plugin: object, name: str | None = None, origin: str = "runtime") -> str | None:
+        """Register ``plugin`` (a module or an object with ``@hookimpl`` methods); ``None`` if its name is blocked."""
+        registered = self.manager.register(plugin, name=name)
+        if registered is None:
+            self.info[name] = PluginInfo(name, origin, status="disabled")
+            return None
+        self.info[registered] = PluginInfo(registered, origin)
+        self.collect("register_hookspecs", only=registered, register=self.manager.add_hookspecs)
+        return registered
+
+    def unregister(self, name: str) -> None:
+        self.manager.unregister(name=name)
+        self.info.pop(name, None)
+
+    def block(self, name: str, origin: str) -> None:
+        self.manager.set_blocked(name)
+        self.info[name] = PluginInfo(name, origin, status="disabled")
+
+    def hooks(self, name: str) -> list[str]:
+        plugin = self.manager.get_plugin(name)
+        return sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or []) if plugin else []
+
+    def unknown_hooks(self, name: str) -> list[str]:
+        """Hooks ``name`` implements that no specification declares: usually a misspelt name."""
+        plugin = self.manager.get_plugin(name)
+        return sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or []
+                      if not caller.has_spec() and any(not impl.optionalhook for impl in caller.get_hookimpls()
+                                                       if impl.plugin_name == name)) if plugin else []
+
+    def collect(self, hook: str, *, only: str | None = None, **kwargs) -> None:
+        """Call every implementation of ``hook`` (or only plugin ``only``'s); one that raises is reported, the
+        others still run."""
+        caller = getattr(self.manager.hook, hook, None)
+        for impl in caller.get_hookimpls() if caller is not None else []:
+            if only is not None and impl.plugin_name != only:
+                continue
             try:
                 impl.function(**{name: kwargs[name] for name in impl.argnames})
             except Exception as exc:  # a plugin's bug must not take the core down
-                self._report(impl.plugin_name, f"hook {hook} raised {type(exc).__name__}: {exc}")
+                self.report(impl.plugin_name, f"hook {hook} raised {type(exc).__name__}: {exc}")
 
-    def _report(self, name: str, message: str) -> None:
+    def report(self, name: str, message: str) -> None:
         info = self.info.setdefault(name, PluginInfo(name, "unknown"))
         info.status, info.error = "error", message
-        warnings.warn(f"qponder plugin {name!r}: {message}", PluginWarning, stacklevel=2)
+        warnings.warn(f"qponder plugin {name!r}: {message}", PluginWarning, stacklevel=3)
 
 
 def _disabled_names() -> set[str] | None:
@@ -70,39 +107,40 @@ def _disabled_names() -> set[str] | None:
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
-def _is_disabled(name: str, disabled: set[str] | None) -> bool:
-    return disabled is not None and (not disabled or name in disabled)
-
-
 @cache
 def get_plugins() -> Plugins:
-    """Build the plugin manager once per process."""
-    manager = pluggy.PluginManager(hookspecs.PROJECT)
-    manager.add_hookspecs(hookspecs)
-    plugins = Plugins(manager, {})
+    """Build the plugin manager once per process: the built-ins, then every entry point not switched off."""
+    plugins = Plugins()
     for module_name in BUILTIN_MODULES:
-        manager.register(importlib.import_module(module_name), name=module_name)
-        plugins.info[module_name] = PluginInfo(module_name, "builtin")
+        plugins.register(importlib.import_module(module_name), module_name, "builtin")
     disabled = _disabled_names()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist else "unknown"
-        first_party = dist.replace("_", "-").lower() == OWN_DISTRIBUTION
         origin = f"{dist} {ep.dist.version}" if ep.dist else dist
-        if manager.get_plugin(ep.name) is not None:
+        if plugins.manager.has_plugin(ep.name) or plugins.manager.is_blocked(ep.name):
             continue
-        if not first_party and _is_disabled(ep.name, disabled):
-            plugins.info[ep.name] = PluginInfo(ep.name, origin, status="disabled")
+        first_party = dist.replace("_", "-").lower() == OWN_DISTRIBUTION
+        if not first_party and disabled is not None and (not disabled or ep.name in disabled):
+            plugins.block(ep.name, origin)
             continue
-        plugins.info[ep.name] = PluginInfo(ep.name, origin)
         try:
-            manager.register(ep.load(), name=ep.name)
+            module = ep.load()
         except Exception as exc:
-            plugins._report(ep.name, f"failed to load {ep.value}: {type(exc).__name__}: {exc}")
-    for name, info in plugins.info.items():
-        plugin = manager.get_plugin(name)
-        if plugin is not None:
-            info.hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
+            plugins.info[ep.name] = PluginInfo(ep.name, origin)
+            plugins.report(ep.name, f"failed to load {ep.value}: {type(exc).__name__}: {exc}")
+            continue
+        plugins.register(module, ep.name, origin)
     return plugins
+
+
+def register_plugin(plugin: object, name: str | None = None) -> str | None:
+    """Register a plugin at run time (a module, class or object with ``@hookimpl`` functions). The next lookup
+    of a backend, profile, loader or command sees it. Returns its name (``None`` if that name is disabled)."""
+    return get_plugins().register(plugin, name)
+
+
+def unregister_plugin(name: str) -> None:
+    get_plugins().unregister(name)
 
 
 def collect(hook: str, **kwargs) -> None:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from .backends import Backend, BackendError, Completion, Request, create_backend
+from .backend import Backend, BackendError, Completion, Request
 from .images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, describe, expand, load_image
 from .plugins import notify_assessed
-from .profiles import Profile, get_profile, get_profiles, profile_for_model
+from .profile import Profile
+from .registry import create_backend, get_profile, get_profiles, profile_for_model
 from .result import Assessment
 from .scoring import read_completion
 

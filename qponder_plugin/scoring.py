@@ -18,20 +18,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .backends import Completion
-    from .profiles import Profile
-
-
-@dataclass(frozen=True)
-class TokenStep:
-    """One generated token: its text, its character offset in the completion, and log-probs of alternatives."""
-
-    text: str
-    offset: int
-    logprobs: Mapping[str, float]
+from .backend import Completion, TokenStep
+from .profile import Profile
 
 
 def digit_distribution(logprobs: Mapping[str, float], digits: Sequence[int]) -> dict[int, float] | None:

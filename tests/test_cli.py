@@ -33,7 +33,7 @@ def test_version_models_and_plugins():
     models = json.loads(invoke("models", "--json").stdout)
     assert {"alias": "q-insight", "model_id": "ByteDance/Q-Insight", "profile": "q-insight"} in models["models"]
     plugins = {p["name"]: p for p in json.loads(invoke("plugins", "--json").stdout)}
-    assert plugins["qponder_plugin.commands"]["hooks"] == ["register_commands"]
+    assert plugins["qponder_plugin.default_plugins.commands"]["hooks"] == ["register_commands"]
     assert all(p["status"] == "loaded" for name, p in plugins.items() if name.startswith("qponder_plugin."))
 
 

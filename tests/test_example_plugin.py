@@ -113,13 +113,13 @@ def plugins_by_name(sites: list[Path], env: dict[str, str] | None = None) -> dic
 def test_plugins_command_lists_the_example_and_its_hooks(example_site):
     example = plugins_by_name([example_site])["example"]
     assert example == {"name": "example", "origin": "qponder-example-plugin 0.1.0", "status": "loaded",
-                       "error": None, "hooks": EXAMPLE_HOOKS}
+                       "error": None, "hooks": EXAMPLE_HOOKS, "unknown_hooks": []}
 
 
 def test_likert_10_profile_maps_0_to_10_onto_1_to_5(example_site):
     found = python_json("""
         import json
-        from qponder_plugin.profiles import get_profile, get_profiles
+        from qponder_plugin.registry import get_profile, get_profiles
 
         profile = get_profile("likert-10")
         print(json.dumps({
@@ -181,7 +181,7 @@ def test_scoring_an_npy_with_likert_10_logs_the_assessment(example_site, tmp_pat
         import json
         import sys
         from qponder_plugin import hookimpl, load_scorer
-        from qponder_plugin.backends import Backend, Completion
+        from qponder_plugin.backend import Backend, Completion
         from qponder_plugin.plugins import get_plugins
 
         prompts = []
@@ -219,7 +219,7 @@ def test_disabled_example_contributes_nothing(example_site, tmp_path, disable):
     found = python_json(f"""
         import json
         from qponder_plugin.images import ImageError, load_image
-        from qponder_plugin.profiles import get_profiles
+        from qponder_plugin.registry import get_profiles
 
         try:
             load_image({str(tmp_path / "photo.npy")!r})
@@ -250,7 +250,7 @@ def test_plugin_whose_hook_raises_is_reported_and_the_core_works(example_site, b
         import json
         import warnings
         from qponder_plugin.plugins import get_plugins
-        from qponder_plugin.profiles import get_profiles
+        from qponder_plugin.registry import get_profiles
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

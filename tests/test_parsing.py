@@ -5,8 +5,11 @@ import math
 import pytest
 
 from qponder_plugin.parsing import parse_answer
-from qponder_plugin.profiles import QPONDER, Profile, get_profile, get_profiles, profile_for_model
-from qponder_plugin.scoring import TokenStep, digit_distribution, expected_score
+from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.profile import Profile
+from qponder_plugin.registry import get_profile, get_profiles, profile_for_model
+from qponder_plugin.backend import TokenStep
+from qponder_plugin.scoring import digit_distribution, expected_score
 
 
 @pytest.mark.parametrize("text, value, reasoning", [
@@ -95,3 +98,11 @@ def test_digit_distribution_merges_spaced_tokens_and_renormalises():
     dist = digit_distribution({" 3": math.log(0.2), "3": math.log(0.2), "4": math.log(0.4), "a": 0.0}, range(1, 6))
     assert dist == pytest.approx({3: 0.5, 4: 0.5})
     assert digit_distribution({"a": 0.0}, range(1, 6)) is None
+
+
+def test_a_reopened_answer_tag_is_read_from_the_last_answer():
+    # Seen from the bundled model on a 16-bit grey noise image: the first <answer> is never closed.
+    text = "<think>Grainy.</think><answer>2. Overall the quality is fair.</think><answer>2.66</answer>"
+    parsed = parse_answer(text)
+    assert (parsed.value, parsed.error) == (2.66, None)
+    assert text[parsed.start:parsed.start + 4] == "2.66"

@@ -1,6 +1,7 @@
 """End to end through the public API on the trained tiny Qwen2.5-VL (real transformers `generate`)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,8 +9,10 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 import qponder_plugin
-from qponder_plugin import Assessment, BackendError, ModelNotFoundError, assess, assess_batch, load_scorer
-from qponder_plugin.backends.hf import TransformersBackend
+from qponder_plugin import (Assessment, BackendError, ModelNotFoundError, assess, assess_batch, hookimpl,
+                            load_scorer, register_plugin, unregister_plugin)
+from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.default_plugins.transformers_backend import TransformersBackend
 from qponder_plugin.result import SCHEMA_VERSION
 from smoke import solid_image
 
@@ -97,10 +100,19 @@ class PoisonedBackend(TransformersBackend):
         return super().generate(requests, **options)
 
 
-def test_an_engine_failure_is_isolated_to_its_item(smoke_model, monkeypatch):
-    monkeypatch.setattr("qponder_plugin.backends.get_backends",
-                        lambda: {"transformers": PoisonedBackend})
-    with load_scorer(smoke_model, batch_size=4) as poisoned:
+class PoisonedPlugin:
+    @hookimpl
+    def register_backends(self, register):
+        register("poisoned", PoisonedBackend)
+
+
+def test_an_engine_failure_is_isolated_to_its_item(smoke_model):
+    name = register_plugin(PoisonedPlugin(), "poisoned-backend")
+    try:
+        poisoned = load_scorer(smoke_model, backend="poisoned", batch_size=4)
+    finally:
+        unregister_plugin(name)
+    with poisoned:
         results = poisoned.assess_batch([solid_image(0.2, 64), Image.new("RGB", (77, 77)), solid_image(0.8, 64)])
     assert [r.status for r in results] == ["ok", "backend_error", "ok"]
     assert "engine failure" in results[1].error
@@ -144,3 +156,43 @@ def test_listing():
     assert "transformers" in qponder_plugin.list_backends()
     aliases = {m.alias: m for m in qponder_plugin.list_models()}
     assert aliases["visualquality-r1-7b"].model_id == "TianheWu/VisualQuality-R1-7B"
+
+
+def test_assess_takes_a_profile_object(smoke_model):
+    custom = replace(QPONDER, name="custom", checkpoints={"alias": "org/model"})  # a dict: not hashable
+    result = assess(solid_image(0.8, 64), model=str(smoke_model), profile=custom, think=False)
+    assert result.ok and result.profile == "custom"
+    assert assess(solid_image(0.8, 64), model=str(smoke_model), profile=custom, think=False).score == result.score
+
+
+class RecordingBackend(TransformersBackend):
+    prompts: list[str] = []
+
+    def generate(self, requests, **options):
+        RecordingBackend.prompts += [r.prompt for r in requests]
+        return super().generate(requests, **options)
+
+
+class LatePlugin:
+    profile = replace(QPONDER, name="late", think_prompt=QPONDER.think_prompt + " ")
+
+    @hookimpl
+    def register_profiles(self, register):
+        register(self.profile)
+
+    @hookimpl
+    def register_backends(self, register):
+        register("recording", RecordingBackend)
+
+
+def test_a_profile_and_a_backend_registered_after_a_first_assess_are_used(smoke_model):
+    image = solid_image(0.3, 64)
+    first = assess(image, model=str(smoke_model))
+    assert first.ok and (first.backend, first.profile) == ("transformers", "qponder")
+    name = register_plugin(LatePlugin(), "late")
+    try:
+        late = assess(image, model=str(smoke_model), backend="recording", profile="late")
+    finally:
+        unregister_plugin(name)
+    assert late.ok and (late.backend, late.profile) == ("recording", "late")
+    assert RecordingBackend.prompts == [LatePlugin.profile.think_prompt]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from qponder_plugin import load_scorer
 from qponder_plugin.cli import build
-from qponder_plugin.profiles import QPONDER
+from qponder_plugin.default_plugins.profiles import QPONDER
 from smoke import TEACHER_HINT, brightness_score, solid_image
 
 pytestmark = [pytest.mark.model, pytest.mark.train]

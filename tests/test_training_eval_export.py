@@ -199,7 +199,7 @@ def lora(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from qponder_plugin.profiles import QPONDER
+    from qponder_plugin.default_plugins.profiles import QPONDER
     from smoke import build_tiny_model, solid_image
 
     root = tmp_path_factory.mktemp("export")

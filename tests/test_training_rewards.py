@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from qponder_plugin.training.plugin import get_rewards
+from qponder_plugin.training.registry import get_rewards
 from qponder_plugin.training.rewards import (AccuracyReward, ConsistencyReward, RankFidelityReward,
                                              completion_text, format_reward)
 

@@ -105,7 +105,7 @@ def distill(data, dataset, image_root, split, score_range, teacher_model, teache
             batch_size, workers, max_new_tokens, limit, teacher_prompt):
     """Have a teacher write reasoning for MOS-labelled images (the cold-start SFT set)."""
     from .distill import distill as run
-    from .plugin import get_teachers
+    from .registry import get_teachers
 
     records = read_records(data, dataset, image_root, split, score_range)
     teachers = get_teachers()

@@ -1,4 +1,4 @@
-"""Extension points of the training wing, added to the core's plugin manager when the wing is used."""
+"""Extension points of the training wing, declared to the core through its plugin's ``register_hookspecs``."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ import re
 from collections import Counter, defaultdict
 
 from qponder_plugin.images import load_image
-from qponder_plugin.profiles import QPONDER, Profile
+from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.profile import Profile
 from qponder_plugin.scoring import digit_distribution
 
 from .describer import FINDINGS, findings, measure, stated
@@ -93,7 +94,7 @@ class ConsistencyReward:
         self.model = self.tokenizer = self.groups = None
 
     def bind(self, trainer) -> None:
-        from qponder_plugin.backends.hf import digit_token_ids
+        from qponder_plugin.default_plugins.transformers_backend import digit_token_ids
 
         self.trainer = trainer
         processing = trainer.processing_class
@@ -106,7 +107,7 @@ class ConsistencyReward:
 
         if not reasonings:
             return []
-        from qponder_plugin.backends.hf import digit_logprobs
+        from qponder_plugin.default_plugins.transformers_backend import digit_logprobs
 
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         prompts = [self.tokenizer.apply_chat_template(
@@ -185,7 +186,7 @@ class GroundingReward:
         self.max_pixels, self.found, self.weights = None, {}, None
 
     def bind(self, trainer) -> None:
-        from qponder_plugin.backends.hf import pixel_budget
+        from qponder_plugin.default_plugins.transformers_backend import pixel_budget
 
         self.max_pixels, self.found = pixel_budget(trainer.processing_class.image_processor), {}
         self.fit(trainer.train_dataset.with_format(None)["image"])

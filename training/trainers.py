@@ -15,7 +15,7 @@ import copy
 import json
 from pathlib import Path
 
-from qponder_plugin.profiles import QPONDER
+from qponder_plugin.default_plugins.profiles import QPONDER
 
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -153,7 +153,7 @@ def run_sft(checkpoint, train_dataset, output_dir, *, lora: bool = True, lora_r:
 
 def resolve_rewards(names: list[str], weights: list[float] | None = None) -> tuple[list, list[float]]:
     """Reward callables by registered name, with their weights (default 1 each)."""
-    from .plugin import get_rewards
+    from .registry import get_rewards
 
     registry = get_rewards()
     unknown = [n for n in names if n not in registry]

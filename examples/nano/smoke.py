@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from builders import build_config, build_processor, build_tokenizer
-from qponder_plugin.profiles import QPONDER
+from qponder_plugin.default_plugins.profiles import QPONDER
 
 IMAGE_SIDE = 56  # pixels per side the processor feeds the vision tower: 4x4 patches -> 4 merged image tokens
 _BANDS = (  # brightness upper bound -> exposure findings

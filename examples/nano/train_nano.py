@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from qponder_plugin import load_scorer
-from qponder_plugin.profiles import QPONDER
+from qponder_plugin.default_plugins.profiles import QPONDER
 from qponder_plugin.training.data import read_mos, to_dataset
 from qponder_plugin.training.describer import MeasuredTeacher
 from qponder_plugin.training.distill import distill, read_distilled

@@ -175,7 +175,7 @@ def transplant_dinov2(checkpoint: str | Path, dinov2, output_dir: str | Path, *,
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    from qponder_plugin.backends.hf import pixel_budget
+    from qponder_plugin.default_plugins.transformers_backend import pixel_budget
     from qponder_plugin.training.trainers import save_with_card, vision_tower
 
     processor = AutoProcessor.from_pretrained(checkpoint)

@@ -39,7 +39,7 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
     import torch.nn.functional as F
     from torchvision.transforms import v2
 
-    from qponder_plugin.backends.hf import pixel_budget
+    from qponder_plugin.default_plugins.transformers_backend import pixel_budget
     from qponder_plugin.training.trainers import load_policy, save_with_card, tower_parts, vision_tower
 
     if len(scores) != len(images):

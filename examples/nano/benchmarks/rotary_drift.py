@@ -20,7 +20,7 @@ LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 def drift(checkpoint: Path, paths: list[str]) -> float:
     import torch
 
-    from qponder_plugin.backends.hf import pixel_budget
+    from qponder_plugin.default_plugins.transformers_backend import pixel_budget
     from qponder_plugin.images import load_image
     from qponder_plugin.training.trainers import load_policy, vision_tower
 

@@ -31,7 +31,7 @@ def pooled_features(checkpoint: Path, paths: list[str], batch_size: int = 32) ->
     """Mean-pooled vision tokens per image, and milliseconds per image."""
     import torch
 
-    from qponder_plugin.backends.hf import pixel_budget
+    from qponder_plugin.default_plugins.transformers_backend import pixel_budget
     from qponder_plugin.images import load_image
     from qponder_plugin.training.trainers import load_policy
 

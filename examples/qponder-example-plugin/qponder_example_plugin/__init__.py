@@ -21,7 +21,7 @@ import numpy as np
 
 from qponder_plugin import hookimpl
 from qponder_plugin.images import ImageError
-from qponder_plugin.profiles import Profile
+from qponder_plugin.profile import Profile
 
 LOG_ENV = "QPONDER_EXAMPLE_LOG"
 

@@ -1,4 +1,8 @@
-"""Inference backends: the interface every engine implements, and the registry fed by ``register_backends``."""
+"""The backend interface: what every inference engine implements, and the types it exchanges with the core.
+
+Engines register through the ``register_backends`` hook (the built-in ones in ``default_plugins``); the live
+registry is :mod:`qponder_plugin.registry`.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,21 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 
 from PIL import Image
-
-from ..hookspecs import hookimpl
-from ..scoring import TokenStep
 
 
 class BackendError(RuntimeError):
     """The engine failed (could not load a model, ran out of memory, lost its server)."""
+
+
+@dataclass(frozen=True)
+class TokenStep:
+    """One generated token: its text, its character offset in the completion, and log-probs of alternatives."""
+
+    text: str
+    offset: int
+    logprobs: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -74,22 +83,3 @@ def lazy(target: str) -> Callable[..., Backend]:
 
     factory.target = target
     return factory
-
-
-@hookimpl
-def register_backends(register):
-    register("transformers", lazy("qponder_plugin.backends.hf:TransformersBackend"))
-
-
-@cache
-def get_backends() -> Mapping[str, Callable[..., Backend]]:
-    from ..plugins import gather
-
-    return gather("register_backends")
-
-
-def create_backend(name: str, model: str, **options) -> Backend:
-    backends = get_backends()
-    if name not in backends:
-        raise BackendError(f"unknown backend {name!r}; installed: {', '.join(sorted(backends))}")
-    return backends[name](model, **options)

@@ -1,43 +1,11 @@
-"""Model profiles: how to prompt a model family and how to read its answer.
-
-A profile holds the prompts for think and no-think modes, the answer parser, the native score range (mapped
-onto 1–5), and the assistant-turn prefix after which the score's first digit is the next token (used by the
-no-think probability mode). Profiles are registered through the ``register_profiles`` hook.
-"""
+"""The built-in model profiles: the format we train and the public checkpoints' own prompts."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import cache
 from types import MappingProxyType
 
-from .hookspecs import hookimpl
-from .parsing import ParsedAnswer, parse_answer
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    description: str
-    think_prompt: str
-    nothink_prompt: str
-    answer_prefix: str = "<answer>"
-    score_range: tuple[float, float] = (1.0, 5.0)
-    system_prompt: str | None = None
-    match: tuple[str, ...] = ()  # case-insensitive substrings of a model id that select this profile
-    checkpoints: Mapping[str, str] = field(default_factory=dict)  # alias -> hub id of public weights
-    parse: Callable[[str], ParsedAnswer] = parse_answer
-
-    def prompt(self, think: bool) -> str:
-        return self.think_prompt if think else self.nothink_prompt
-
-    def to_scale(self, value: float) -> tuple[float, bool]:
-        """Map a native score onto 1–5; out-of-range values are clamped and flagged."""
-        low, high = self.score_range
-        clamped = min(max(value, low), high)
-        return 1.0 + 4.0 * (clamped - low) / (high - low), clamped != value
-
+from ..hookspecs import hookimpl
+from ..profile import Profile
 
 _RATING = ("What is your overall rating on the quality of this picture? The rating should be a float between 1 "
            "and 5, rounded to two decimal places, with 1 representing very poor quality and 5 representing "
@@ -88,33 +56,8 @@ QWEN_INSTRUCT = Profile(
                                   "qwen2.5-vl-3b-instruct": "Qwen/Qwen2.5-VL-3B-Instruct"}),
 )
 
-DEFAULT_PROFILE = QWEN_INSTRUCT.name
-
 
 @hookimpl
 def register_profiles(register):
     for profile in (QPONDER, VISUALQUALITY_R1, Q_INSIGHT, QWEN_INSTRUCT):
         register(profile)
-
-
-@cache
-def get_profiles() -> Mapping[str, Profile]:
-    """Every registered profile by name (built-ins first; a plugin may not silently replace one)."""
-    from .plugins import gather
-
-    return gather("register_profiles", key=lambda profile: profile.name)
-
-
-def get_profile(name: str) -> Profile:
-    profiles = get_profiles()
-    if name not in profiles:
-        raise KeyError(f"unknown profile {name!r}; known: {', '.join(sorted(profiles))}")
-    return profiles[name]
-
-
-def profile_for_model(model_id: str) -> Profile:
-    """The profile whose ``match`` fits ``model_id`` best (longest match), else the zero-shot default."""
-    lowered = model_id.lower()
-    best = max(((len(m), p) for p in get_profiles().values() for m in p.match if m in lowered),
-               key=lambda pair: pair[0], default=None)
-    return best[1] if best else get_profile(DEFAULT_PROFILE)

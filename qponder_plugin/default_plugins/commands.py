@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from .hookspecs import hookimpl
-from .images import DEFAULT_MAX_PIXELS
+from ..hookspecs import hookimpl
+from ..images import DEFAULT_MAX_PIXELS
 
 _CSV_FIELDS = ("source", "status", "score", "normalized", "text_score", "score_std", "method", "mode", "model",
                "profile", "error", "reasoning")
@@ -58,9 +58,9 @@ def assess_command(images, model, profile, backend, think, max_pixels, batch_siz
 
     Exit status: 0 when every image was scored, 1 when some failed, 2 on a usage error.
     """
-    from .backends import BackendError
-    from .images import iter_image_files
-    from .scorer import ModelNotFoundError, Scorer
+    from ..backend import BackendError
+    from ..images import iter_image_files
+    from ..scorer import ModelNotFoundError, Scorer
 
     paths = list(iter_image_files(images))
     if not paths:
@@ -135,8 +135,8 @@ def _print_table(rows) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 def models_command(as_json):
     """List the known checkpoints (by alias) and the model profiles."""
-    from .profiles import get_profiles
-    from .scorer import list_models
+    from ..registry import get_profiles
+    from ..scorer import list_models
 
     models = [vars(m) for m in list_models()]
     profiles = [{"name": p.name, "description": p.description, "score_range": list(p.score_range)}
@@ -155,18 +155,21 @@ def models_command(as_json):
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 def plugins_command(as_json):
-    """List loaded plugins, the hooks they implement, and any that failed."""
-    from .backends import get_backends
-    from .images import plugin_loaders
-    from .plugins import DISABLE_ENV, get_plugins
-    from .profiles import get_profiles
+    """List plugins, the hooks they implement, hooks no specification knows (misspelt?), and any that failed."""
+    from ..plugins import DISABLE_ENV, get_plugins
+    from ..registry import get_backends, get_image_loaders, get_profiles
 
-    get_profiles(), get_backends(), plugin_loaders()  # run every collector, so failing hooks show up below
-    infos = [vars(info) for info in get_plugins().info.values()]
+    get_profiles(), get_backends(), get_image_loaders()  # run every collector, so failing hooks show up below
+    plugins = get_plugins()
+    infos = [{**vars(info), "hooks": plugins.hooks(name), "unknown_hooks": plugins.unknown_hooks(name)}
+             for name, info in plugins.info.items()]
     if as_json:
         click.echo(json.dumps(infos, indent=2))
         return
     for info in infos:
-        line = f"{info['name']:<34} {info['origin']:<24} {info['status']:<9} {', '.join(info['hooks'])}"
-        click.echo(line + (f"\n    error: {info['error']}" if info["error"] else ""))
+        click.echo(f"{info['name']:<40} {info['origin']:<24} {info['status']:<9} {', '.join(info['hooks'])}")
+        if info["error"]:
+            click.echo(f"    error: {info['error']}")
+        for hook in info["unknown_hooks"]:
+            click.echo(f"    unknown hook {hook!r}: no such hook (misspelt?); it is never called")
     click.echo(f"\nSet {DISABLE_ENV}=1 to switch off third-party plugins.")

@@ -15,7 +15,7 @@ import torch
 from transformers import (AutoModelForImageTextToText, AutoProcessor, GenerationConfig, LogitsProcessor,
                           LogitsProcessorList)
 
-from . import Backend, BackendError, Completion, Request
+from ..backend import Backend, BackendError, Completion, Request
 
 
 def pick_device(device: str | None) -> str:
