@@ -25,9 +25,10 @@ LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 
 def read_back(model: str, paths: list[str]) -> tuple[list[dict], list[dict]]:
     """What the model states per image, and what the teacher finds at the model's input size."""
+    from qponder_plugin.training.describer import findings, measure, stated
+
     from qponder_plugin import load_scorer
     from qponder_plugin.images import load_image
-    from qponder_plugin.training.describer import findings, measure, stated
 
     with load_scorer(model, batch_size=8) as scorer:
         results = scorer.assess_batch(paths)
@@ -42,9 +43,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv with a split column")
     parser.add_argument("--split", default="val")
     args = parser.parse_args()
-    from sklearn.metrics import balanced_accuracy_score
-
     from qponder_plugin.training.data import read_mos
+    from sklearn.metrics import balanced_accuracy_score
 
     paths = [str(r.image) for r in read_mos(args.data, split=args.split)]
     print(f"attribute statements that agree with the measured teacher, on {len(paths)} {args.split} images")

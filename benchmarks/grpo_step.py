@@ -64,8 +64,8 @@ def ensure_model(path: Path) -> Path:
 
 def make_records(count: int) -> list:
     """Solid images of evenly spread brightness, written once, with MOS = ``brightness_score``."""
-    from smoke_model import brightness_score, solid_image
     from qponder_plugin.training.data import MosRecord
+    from smoke_model import brightness_score, solid_image
 
     folder = BENCH_DIR / "images"
     folder.mkdir(parents=True, exist_ok=True)
@@ -165,12 +165,11 @@ def run_interleaved(trainers: dict, threads: int) -> dict[str, list[float]]:
 
 
 def build_trainers(model_dir: Path, records: list, rewards: list[str], settings: dict) -> dict:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import GRPOConfig, GRPOTrainer
-
     from qponder_plugin.training.data import to_dataset
     from qponder_plugin.training.registry import get_rewards
     from qponder_plugin.training.trainers import build_grpo, lora_config, trainer_defaults
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import GRPOConfig, GRPOTrainer
 
     ours, _ = build_grpo(model_dir, to_dataset(records), BENCH_DIR / "ours", rewards=rewards, args=settings)
     registry = get_rewards()

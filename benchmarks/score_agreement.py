@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
+from smoke_model import build_tiny_model, solid_image
 
 from qponder_plugin import load_scorer
-from smoke_model import build_tiny_model, solid_image
 
 SMOKE = Path(__file__).resolve().parents[1] / ".cache" / "qponder-smoke"
 

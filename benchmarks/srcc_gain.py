@@ -18,9 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
-
 from qponder_plugin.training.data import read_mos
+from scipy import stats
 
 
 def scored(report: Path) -> dict[str, tuple[float, float]]:

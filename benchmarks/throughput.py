@@ -90,8 +90,9 @@ def ensure_model(path: Path) -> Path:
 
 def load_images(count: int, folder: Path | None) -> list:
     """Pre-load the inputs through qponder's loader, so every mode gets the very same pixels."""
-    from qponder_plugin.images import iter_image_files, load_image
     from smoke_model import solid_image
+
+    from qponder_plugin.images import iter_image_files, load_image
 
     if folder is None:
         sources = [solid_image((i * 0.618) % 1.0, size=256 + (i * 97) % 513, seed=i) for i in range(count)]
@@ -130,8 +131,8 @@ def measure_throughput(args: argparse.Namespace, model_dir: Path, images: list) 
     from transformers.utils.logging import disable_progress_bar
 
     from qponder_plugin import Scorer
-    from qponder_plugin.default_plugins.transformers_backend import pick_attention, pick_device, pick_dtype
     from qponder_plugin.default_plugins.profiles import QPONDER
+    from qponder_plugin.default_plugins.transformers_backend import pick_attention, pick_device, pick_dtype
 
     disable_progress_bar()
     if args.threads:

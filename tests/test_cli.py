@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from smoke import solid_image
 
 from qponder_plugin import __version__
 from qponder_plugin.cli import build
-from smoke import solid_image
 
 
 @pytest.fixture(scope="module")

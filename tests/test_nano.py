@@ -43,9 +43,8 @@ def test_cli_scores_the_samples_with_nano_by_default(monkeypatch):
 
 @pytest.mark.skipif(not LABELS.is_file(), reason=f"AGIQA-3K labels not present at {LABELS}")
 def test_nano_follows_human_mos_on_held_out_prompts():
-    from scipy.stats import spearmanr
-
     from qponder_plugin.training.data import read_mos
+    from scipy.stats import spearmanr
 
     val = list(read_mos(LABELS, split="val"))
     with load_scorer("nano", batch_size=16) as scorer:

@@ -4,9 +4,9 @@ heads' re-basing keeps every attention score and cuts the rotary embedding's dri
 survive the transplant, and the result scores through the library."""
 
 import pytest
+from smoke import IMAGE_SIDE, solid_image
 
 from qponder_plugin import load_scorer
-from smoke import IMAGE_SIDE, solid_image
 
 pytestmark = [pytest.mark.model, pytest.mark.train]
 
@@ -30,9 +30,8 @@ def random_dinov2(blocks: int = 3):
 
 def qwen_tower(smoke_model, dinov2, blocks: int, calibration=None):
     """A Qwen2.5-VL vision tower holding ``dinov2``'s first blocks, and the smoke model's image processor."""
-    from transformers import AutoProcessor
-
     from qponder_plugin.training.trainers import load_policy, vision_tower
+    from transformers import AutoProcessor
     from vision_transplant import dinov2_as_qwen_tower
 
     image_processor = AutoProcessor.from_pretrained(smoke_model).image_processor
@@ -62,7 +61,6 @@ def tower_output(tower, inputs, rotary: bool = True):
 
 def test_tower_computes_dinov2_blocks_exactly(smoke_model):
     import torch
-
     from dinov2 import IMAGENET
 
     dinov2, blocks = random_dinov2(), 2
@@ -87,7 +85,6 @@ def test_tower_computes_dinov2_blocks_exactly(smoke_model):
 def test_rotary_slots_follow_the_towers_turning_rates(smoke_model):
     """The slot order is read off transformers' own rotary embedding: least turned first, pairs turning together."""
     import torch
-
     from vision_transplant import rotary_slots
 
     tower, _ = qwen_tower(smoke_model, random_dinov2(1), 1)
@@ -102,7 +99,6 @@ def test_rotary_slots_follow_the_towers_turning_rates(smoke_model):
 
 def test_rebased_heads_keep_every_score_and_rank_its_parts():
     import torch
-
     from vision_transplant import rebase_heads, rotary_slots
 
     generator = torch.Generator().manual_seed(0)
@@ -127,9 +123,8 @@ def test_rebasing_cuts_the_rotary_drift(smoke_model, monkeypatch):
     """With the standard rotary angles, the re-based tower stays closer to its rotary-free output than the same
     blocks carried over channel for channel."""
     import torch
-    from torchvision.transforms import v2
-
     import vision_transplant
+    from torchvision.transforms import v2
 
     dinov2 = random_dinov2()
     pictures = [solid_image(0.6, IMAGE_SIDE, seed=seed) for seed in range(4)]
@@ -148,7 +143,6 @@ def test_rebasing_cuts_the_rotary_drift(smoke_model, monkeypatch):
 def test_transplant_keeps_the_language_model_and_scores(smoke_model, tmp_path):
     import torch
     from safetensors.torch import load_file
-
     from vision_transplant import transplant_dinov2
 
     out = transplant_dinov2(smoke_model, random_dinov2(), tmp_path / "transplanted", blocks=2)

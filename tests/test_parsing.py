@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from qponder_plugin.parsing import parse_answer
+from qponder_plugin.backend import TokenStep
 from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.parsing import parse_answer
 from qponder_plugin.profile import Profile
 from qponder_plugin.registry import get_profile, get_profiles, profile_for_model
-from qponder_plugin.backend import TokenStep
 from qponder_plugin.scoring import digit_distribution, expected_score
 
 

@@ -7,14 +7,23 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy.stats import spearmanr
+from smoke import solid_image
 
 import qponder_plugin
-from qponder_plugin import (Assessment, BackendError, ModelNotFoundError, assess, assess_batch, hookimpl,
-                            load_scorer, register_plugin, unregister_plugin)
+from qponder_plugin import (
+    Assessment,
+    BackendError,
+    ModelNotFoundError,
+    assess,
+    assess_batch,
+    hookimpl,
+    load_scorer,
+    register_plugin,
+    unregister_plugin,
+)
 from qponder_plugin.default_plugins.profiles import QPONDER
 from qponder_plugin.default_plugins.transformers_backend import TransformersBackend
 from qponder_plugin.result import SCHEMA_VERSION
-from smoke import solid_image
 
 pytestmark = pytest.mark.model
 

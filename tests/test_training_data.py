@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from qponder_plugin.training.data import (
+    DATASETS,
+    MosRecord,
+    MosSet,
+    load_images,
+    read_mos,
+    split_by_group,
+    to_dataset,
+    to_unit,
+)
 
 from qponder_plugin.default_plugins.profiles import QPONDER
-from qponder_plugin.training.data import (DATASETS, MosRecord, MosSet, load_images, read_mos, split_by_group,
-                                          to_dataset, to_unit)
 
 AGIQA = Path(__file__).resolve().parents[2] / "shared/data/agiqa-3k/labels.csv"
 

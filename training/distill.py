@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qponder_plugin.backend import Request
-from qponder_plugin.registry import create_backend
-from qponder_plugin.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from qponder_plugin.registry import create_backend
 
 TEACHER_PROMPT = (
     "You are an expert in image quality assessment. Human observers rated this image's overall visual quality "

@@ -27,8 +27,8 @@ import math
 import re
 from collections import Counter, defaultdict
 
-from qponder_plugin.images import load_image
 from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.images import load_image
 from qponder_plugin.profile import Profile
 from qponder_plugin.scoring import digit_distribution
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from qponder_plugin.default_plugins.profiles import QPONDER
 
-
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 

@@ -12,8 +12,13 @@ import importlib.util
 from collections.abc import Sequence
 
 import torch
-from transformers import (AutoModelForImageTextToText, AutoProcessor, GenerationConfig, LogitsProcessor,
-                          LogitsProcessorList)
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
 
 from ..backend import Backend, BackendError, Completion, Request
 
