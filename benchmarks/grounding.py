@@ -19,9 +19,6 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
-
 
 def read_back(model: str, paths: list[str]) -> tuple[list[dict], list[dict]]:
     """What the model states per image, and what the teacher finds at the model's input size."""
@@ -40,7 +37,7 @@ def read_back(model: str, paths: list[str]) -> tuple[list[dict], list[dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="model aliases or checkpoint folders")
-    parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv with a split column")
+    parser.add_argument("--data", type=Path, required=True, help="AGIQA-3K labels.csv with a split column")
     parser.add_argument("--split", default="val")
     args = parser.parse_args()
     from qponder_plugin.training.data import read_mos

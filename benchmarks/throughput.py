@@ -26,7 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_MODEL = ROOT / ".cache" / "qponder-smoke"
 BENCH_DIR = ROOT / ".cache" / "bench"
-AGIQA_DIR = ROOT.parent / "shared" / "data" / "agiqa-3k" / "images"
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -61,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=SMOKE_MODEL,
                         help="checkpoint folder (default: the smoke model, built once if missing)")
     parser.add_argument("--images", type=int, help="number of images (default 32, --quick 8)")
-    parser.add_argument("--agiqa", nargs="?", type=Path, const=AGIQA_DIR, metavar="DIR",
-                        help=f"score real JPEGs from DIR (default {AGIQA_DIR}) instead of synthetic images")
+    parser.add_argument("--agiqa", type=Path, metavar="DIR",
+                        help="score real JPEGs from DIR (AGIQA-3K's images folder) instead of synthetic images")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, help="think-mode budget (default 512, --quick 64)")
     parser.add_argument("--rounds", type=int, help="timed rounds per mode, best kept (default 3, --quick 1)")

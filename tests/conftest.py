@@ -13,6 +13,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.pop("QPONDER_MODEL", None)
 
+# The MOS data the data tests read: $QPONDER_TEST_DATA, else the shared data folder beside the checkout.
+DATA = Path(os.environ.get("QPONDER_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def agiqa_labels() -> Path:
+    """AGIQA-3K's labels.csv (with a train/val split column); the test skips when the data is not here."""
+    labels = DATA / "agiqa-3k" / "labels.csv"
+    if not labels.is_file():
+        pytest.skip(f"AGIQA-3K labels not present at {labels} (set QPONDER_TEST_DATA to the data folder)")
+    return labels
+
 
 @pytest.fixture(scope="session")
 def smoke_model(tmp_path_factory):

@@ -13,7 +13,6 @@ from qponder_plugin.scorer import NANO, nano_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "examples" / "images").glob("*.jpg"))
-LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 ASPECTS = ("sharp", "blur", "noise", "grain", "expos", "contrast", "colour", "artifact", "detail")
 
 pytestmark = [pytest.mark.model,
@@ -41,12 +40,11 @@ def test_cli_scores_the_samples_with_nano_by_default(monkeypatch):
     assert {"alias": "nano", "model_id": str(NANO), "profile": "qponder"} in json.loads(listed.stdout)["models"]
 
 
-@pytest.mark.skipif(not LABELS.is_file(), reason=f"AGIQA-3K labels not present at {LABELS}")
-def test_nano_follows_human_mos_on_held_out_prompts():
+def test_nano_follows_human_mos_on_held_out_prompts(agiqa_labels):
     from qponder_plugin.training.data import read_mos
     from scipy.stats import spearmanr
 
-    val = list(read_mos(LABELS, split="val"))
+    val = list(read_mos(agiqa_labels, split="val"))
     with load_scorer("nano", batch_size=16) as scorer:
         results = scorer.assess_batch([r.image for r in val], think=False)
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]

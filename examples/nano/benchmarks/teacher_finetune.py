@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[3]
-LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # MobileNetV2's input normalisation: mean, std
 
 
@@ -50,14 +48,13 @@ def load_pixels(paths: list[str], side: int):
 
 def main() -> None:
     import torch
+    from qponder_plugin.training.data import read_mos
     from scipy.stats import pearsonr, spearmanr
     from torch import nn
     from torchvision.transforms import v2
 
-    from qponder_plugin.training.data import read_mos
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv with a split column")
+    parser.add_argument("--data", type=Path, required=True, help="AGIQA-3K labels.csv with a split column")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=32)

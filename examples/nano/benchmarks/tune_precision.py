@@ -23,22 +23,20 @@ from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parents[1]  # examples/nano: the recipe's modules are plain modules there
 sys.path.insert(0, str(RECIPE))
-ROOT = RECIPE.parents[1]
-LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv (train images are used)")
+    parser.add_argument("--data", type=Path, required=True, help="AGIQA-3K labels.csv (train images are used)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
+    from qponder_plugin.training.data import read_mos
     from vision_tune import tune_vision
 
     from qponder_plugin.scorer import NANO
-    from qponder_plugin.training.data import read_mos
 
     records = list(read_mos(args.data, split="train"))[:args.steps * args.batch_size]
     images, scores = [str(r.image) for r in records], [r.mos for r in records]

@@ -22,18 +22,16 @@ import numpy as np
 
 RECIPE = Path(__file__).resolve().parents[1]  # examples/nano: the recipe's modules are plain modules there
 sys.path.insert(0, str(RECIPE))
-ROOT = RECIPE.parents[1]
-LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
 DINOV2_TAPS = (4, 8, 12)  # hidden states after blocks 4, 8 and 12 of 12: class token and mean patch token of each
 
 
 def pooled_features(checkpoint: Path, paths: list[str], batch_size: int = 32) -> tuple[np.ndarray, float]:
     """Mean-pooled vision tokens per image, and milliseconds per image."""
     import torch
+    from qponder_plugin.training.trainers import load_policy
 
     from qponder_plugin.default_plugins.transformers_backend import pixel_budget
     from qponder_plugin.images import load_image
-    from qponder_plugin.training.trainers import load_policy
 
     model, processor = load_policy(checkpoint)
     model.eval()
@@ -95,7 +93,7 @@ def probe(features: np.ndarray, mos: np.ndarray, groups: np.ndarray, train: np.n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="checkpoint folders, or dinov2")
-    parser.add_argument("--data", type=Path, default=LABELS, help="AGIQA-3K labels.csv with a split column")
+    parser.add_argument("--data", type=Path, required=True, help="AGIQA-3K labels.csv with a split column")
     args = parser.parse_args()
     from qponder_plugin.training.data import read_mos
 
