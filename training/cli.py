@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-DATASETS = ["csv", "jsonl", "agiqa-3k", "koniq-10k", "kadid-10k", "spaq", "live-c", "pipal"]
+from .data import DATASETS, GENERIC
 
 
 def _load_config(ctx: click.Context, _param, path: str | None):
@@ -41,7 +41,8 @@ def data_options(function):
     options = [
         click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
                      help="Label file: CSV/JSONL (image, mos[, std, group, split]) or a benchmark's label file."),
-        click.option("--dataset", type=click.Choice(DATASETS), help="Label-file format (default: detected)."),
+        click.option("--dataset", type=click.Choice([*GENERIC, *DATASETS]),
+                     help="Label-file format (default: detected)."),
         click.option("--image-root", type=click.Path(file_okay=False), help="Folder the image paths are relative to."),
         click.option("--split", help="Keep only rows of this split (e.g. train, val) when the file has one."),
         click.option("--score-range", nargs=2, type=float, help="Native MOS range LOW HIGH (needed for csv/jsonl)."),

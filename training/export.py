@@ -15,8 +15,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from qponder_plugin.scorer import MODEL_CARD
+
 ADAPTER_CONFIG = "adapter_config.json"
-MODEL_CARD = "qponder.json"
 NOT_RECORDED = "not recorded"
 DEFAULT_TAGS = ("image-quality-assessment", "qponder", "qwen2.5-vl", "reasoning", "visual-quality")
 _METRIC_COLUMNS = (("srcc", "SRCC"), ("plcc", "PLCC"), ("krcc", "KRCC"), ("rmse", "RMSE"),

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.scorer import MODEL_CARD
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -87,8 +88,6 @@ def _with_vision_rates(trainer, rates: tuple[float, float] | None):
 
 def save_with_card(model, processor, output_dir: str | Path, source: str | Path) -> Path:
     """Save ``model`` and ``processor`` to ``output_dir`` with the ``qponder.json`` of the checkpoint they came from."""
-    from qponder_plugin.scorer import MODEL_CARD
-
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
@@ -125,7 +124,7 @@ def _finish(trainer, processor, output_dir: Path, lora: bool) -> Path:
     model.save_pretrained(str(output_dir))
     processor.save_pretrained(str(output_dir))
     (output_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    (output_dir / "qponder.json").write_text(json.dumps({"profile": QPONDER.name, "lora": lora}))
+    (output_dir / MODEL_CARD).write_text(json.dumps({"profile": QPONDER.name, "lora": lora}))
     return output_dir
 
 

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 from builders import build_config, build_processor, build_tokenizer
+
 from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.scorer import MODEL_CARD
 
 IMAGE_SIDE = 56  # pixels per side the processor feeds the vision tower: 4x4 patches -> 4 merged image tokens
 _BANDS = (  # brightness upper bound -> exposure findings
@@ -132,7 +134,7 @@ def build_tiny_model(path: str | Path, *, trained: bool = True, seed: int = 0, s
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.to(torch.float32).save_pretrained(path)
     processor.save_pretrained(path)
-    (path / "qponder.json").write_text(json.dumps({"profile": QPONDER.name, "name": "qponder-smoke",
+    (path / MODEL_CARD).write_text(json.dumps({"profile": QPONDER.name, "name": "qponder-smoke",
                                                    "trained": trained, "rule": "score = 1 + 4 * brightness"}))
     return path
 

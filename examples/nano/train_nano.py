@@ -29,20 +29,21 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from qponder_plugin import load_scorer
-from qponder_plugin.default_plugins.profiles import QPONDER
+# the recipe's own modules, beside this script
+from builders import CHAT_TEMPLATE, build_config, build_processor, build_tokenizer
+from dinov2 import load_dinov2
 from qponder_plugin.training.data import read_mos, to_dataset
 from qponder_plugin.training.describer import MeasuredTeacher
 from qponder_plugin.training.distill import distill, read_distilled
 from qponder_plugin.training.evaluate import evaluate
 from qponder_plugin.training.export import export
 from qponder_plugin.training.trainers import run_grpo, run_sft
-
-# the recipe's own modules, beside this script
-from builders import CHAT_TEMPLATE, build_config, build_processor, build_tokenizer
-from dinov2 import load_dinov2
 from vision_transplant import transplant_dinov2
 from vision_tune import tune_vision
+
+from qponder_plugin import load_scorer
+from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.scorer import MODEL_CARD
 
 ANSWER = re.compile(r"<answer>.*?</answer>", re.S)
 
@@ -78,7 +79,7 @@ def init_model(corpus: list[str], out: Path, size: dict, seed: int) -> Path:
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "qponder.json").write_text(json.dumps({"profile": QPONDER.name}))
+    (out / MODEL_CARD).write_text(json.dumps({"profile": QPONDER.name}))
     return out
 
 

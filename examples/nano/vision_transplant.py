@@ -118,7 +118,7 @@ def dinov2_as_qwen_tower(dinov2, blocks: int, image_mean, image_std, calibration
                   "blocks.0.mlp.down_proj.weight": zeros(width, inner), "blocks.0.mlp.down_proj.bias": zeros(width)})
     moments = _qkv_input_moments(dinov2, blocks, calibration) if calibration is not None else [None] * blocks
     for index in range(blocks):
-        get = lambda name: source[f"encoder.layer.{index}.{name}"]  # noqa: E731 - one block's weights
+        get = lambda name, index=index: source[f"encoder.layer.{index}.{name}"]  # noqa: E731 - one block's weights
         ours = f"blocks.{index + 1}."
         qkv_weight = torch.cat([get(f"attention.{n}_proj.weight") for n in "qkv"])
         qkv_bias = torch.cat([get(f"attention.{n}_proj.bias") for n in "qkv"]) + qkv_weight @ get("norm1.bias")
@@ -173,10 +173,10 @@ def transplant_dinov2(checkpoint: str | Path, dinov2, output_dir: str | Path, *,
     (see ``dinov2_as_qwen_tower``; its heads re-based on the ``calibration`` image files when given) and a fresh
     merger; the language model and the processor are kept. Returns ``output_dir``."""
     import torch
+    from qponder_plugin.training.trainers import save_with_card, vision_tower
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     from qponder_plugin.default_plugins.transformers_backend import pixel_budget
-    from qponder_plugin.training.trainers import save_with_card, vision_tower
 
     processor = AutoProcessor.from_pretrained(checkpoint)
     image = processor.image_processor

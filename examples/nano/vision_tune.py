@@ -37,10 +37,10 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
     """
     import torch
     import torch.nn.functional as F
+    from qponder_plugin.training.trainers import load_policy, save_with_card, tower_parts, vision_tower
     from torchvision.transforms import v2
 
     from qponder_plugin.default_plugins.transformers_backend import pixel_budget
-    from qponder_plugin.training.trainers import load_policy, save_with_card, tower_parts, vision_tower
 
     if len(scores) != len(images):
         raise ValueError(f"vision fine-tune: {len(scores)} scores for {len(images)} images")
@@ -106,7 +106,7 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
     return output_dir
 
 
-def _standardised(values: "torch.Tensor") -> "torch.Tensor":
+def _standardised(values):
     """A vector at zero mean and unit standard deviation; a constant one stays at zero."""
     return (values - values.mean(0)) / values.std(0, correction=0).clamp_min(1e-6)
 
