@@ -166,8 +166,9 @@ def plugins_command(as_json):
     if as_json:
         click.echo(json.dumps(infos, indent=2))
         return
+    width = max(len(info["name"]) for info in infos)
     for info in infos:
-        click.echo(f"{info['name']:<40} {info['origin']:<24} {info['status']:<9} {', '.join(info['hooks'])}")
+        click.echo(f"{info['name']:<{width}}  {info['origin']:<24} {info['status']:<9} {', '.join(info['hooks'])}")
         if info["error"]:
             click.echo(f"    error: {info['error']}")
         for hook in info["unknown_hooks"]:
