@@ -54,7 +54,8 @@ class Plugins:
         """Register ``plugin`` (a module or an object with ``@hookimpl`` methods); ``None`` if its name is blocked."""
         registered = self.manager.register(plugin, name=name)
         if registered is None:
-            self.info[name] = PluginInfo(name, origin, status="disabled")
+            blocked = name or self.manager.get_canonical_name(plugin)
+            self.info[blocked] = PluginInfo(blocked, origin, status="disabled")
             return None
         self.info[registered] = PluginInfo(registered, origin)
         self.collect("register_hookspecs", only=registered, register=self.manager.add_hookspecs)
@@ -68,16 +69,18 @@ class Plugins:
         self.manager.set_blocked(name)
         self.info[name] = PluginInfo(name, origin, status="disabled")
 
-    def hooks(self, name: str) -> list[str]:
+    def _callers(self, name: str) -> list:
         plugin = self.manager.get_plugin(name)
-        return sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or []) if plugin else []
+        return (self.manager.get_hookcallers(plugin) or []) if plugin is not None else []
+
+    def hooks(self, name: str) -> list[str]:
+        return sorted(caller.name for caller in self._callers(name))
 
     def unknown_hooks(self, name: str) -> list[str]:
-        """Hooks ``name`` implements that no specification declares: usually a misspelt name."""
-        plugin = self.manager.get_plugin(name)
-        return sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or []
-                      if not caller.has_spec() and any(not impl.optionalhook for impl in caller.get_hookimpls()
-                                                       if impl.plugin_name == name)) if plugin else []
+        """Hooks ``name`` implements that no specification declares (and not marked ``optionalhook``): usually a
+        misspelt name, whose function is never called."""
+        return sorted(caller.name for caller in self._callers(name) if not caller.has_spec()
+                      and any(impl.plugin_name == name and not impl.optionalhook for impl in caller.get_hookimpls()))
 
     def collect(self, hook: str, *, only: str | None = None, **kwargs) -> None:
         """Call every implementation of ``hook`` (or only plugin ``only``'s); one that raises is reported, the
