@@ -12,7 +12,6 @@ import io
 import math
 import os
 from collections.abc import Iterable, Iterator
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -87,7 +86,6 @@ def describe(source: ImageSource) -> str:
     return f"<{type(source).__name__}>"
 
 
-@cache
 def _load_path(path: str, max_pixels: int | None) -> Image.Image:
     if not os.path.exists(path):
         raise ImageError(f"{path}: no such file")

@@ -163,3 +163,11 @@ def test_describe_and_folder_expansion(tmp_path, photo):
     assert [p.rsplit("/", 1)[-1] for p in found] == ["b.png", "a.jpg"]
     assert describe(np.zeros((2, 3, 3))) == "<ndarray 2x3x3>"
     assert describe(str(tmp_path / "b.png")).endswith("b.png")
+
+
+def test_a_path_is_read_afresh_each_time(tmp_path):
+    path = tmp_path / "frame.png"
+    Image.new("RGB", (8, 8), (10, 10, 10)).save(path)
+    assert load_image(path).getpixel((0, 0)) == (10, 10, 10)
+    Image.new("RGB", (8, 8), (200, 200, 200)).save(path)  # a pipeline rewrote the file
+    assert load_image(path).getpixel((0, 0)) == (200, 200, 200)
