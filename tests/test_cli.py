@@ -85,8 +85,9 @@ def test_installed_console_script(smoke_model, images):
     assert json.loads(done.stdout)["status"] == "ok"
 
 
-def test_import_stays_light():
-    code = "import sys, qponder_plugin; qponder_plugin.hookimpl; print(sorted(m for m in ('torch', 'transformers', " \
-           "'vllm', 'ray', 'trl', 'peft') if m in sys.modules))"
+@pytest.mark.parametrize("load", ["qponder_plugin.hookimpl", "__import__('qponder_plugin.cli').cli.build()"])
+def test_import_and_cli_start_stay_light(load):
+    heavy = ("torch", "transformers", "vllm", "ray", "trl", "peft", "datasets", "matplotlib", "scipy")
+    code = f"import sys, qponder_plugin; {load}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
