@@ -22,6 +22,7 @@ _EXPORTS = {
     "Profile": "profile", "get_profile": "registry",
     "Backend": "backend", "BackendError": "backend", "Request": "backend", "Completion": "backend",
     "register_plugin": "plugins", "unregister_plugin": "plugins",
+    "QualityGate": "gate", "Verdict": "gate", "GateError": "gate",
 }
 __all__ = ["__version__", "hookimpl", *_EXPORTS]
 
