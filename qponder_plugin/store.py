@@ -135,6 +135,10 @@ class ResultStore:
         return [Placement(*row) for row in self.db.execute(
             "SELECT path, folder, target, how, digest, state FROM placements WHERE state = 'pending'")]
 
+    def moved(self, path: str) -> bool:
+        return self.db.execute("SELECT 1 FROM placements WHERE path = ? AND how = 'move' AND state = 'done'",
+                               (path,)).fetchone() is not None
+
     def targets(self, folder: str) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT target FROM placements WHERE folder = ?", (folder,))}
 

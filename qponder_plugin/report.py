@@ -1,0 +1,109 @@
+"""The filter's HTML report: one self-contained file (thumbnails and the histogram inlined as base64).
+
+It shows the counts, a score histogram with the threshold line (matplotlib, Agg backend), the lowest- and
+highest-scoring images and those nearest the threshold with their reasoning, and every failure with its message.
+It reads the store, so it describes every input of the configuration, not only those of the last run.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from html import escape
+
+from .images import ImageError, load_image
+from .store import ResultStore
+
+THUMB_SIDE = 192
+SHOWN = 6  # images per gallery
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+h1 { margin-bottom: 0.2em; } .meta { color: #666; }
+.counts span { display: inline-block; margin: 0 1.5em 0.5em 0; font-size: 1.2em; }
+.gallery { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { width: 220px; border: 1px solid #ddd; border-radius: 6px; padding: 8px; font-size: 0.85em; }
+.card img { display: block; margin: 0 auto 6px; max-width: 100%; }
+.keep { color: #1a7f37; } .reject { color: #b3261e; }
+table { border-collapse: collapse; } td, th { border: 1px solid #ddd; padding: 4px 8px; text-align: left; }
+"""
+
+
+def _thumbnail(path: str) -> str | None:
+    try:
+        image = load_image(path, max_pixels=THUMB_SIDE * THUMB_SIDE * 4)
+    except ImageError:
+        return None
+    image.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _histogram(scores: list[float], threshold: float) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 3), dpi=100)
+    axes = figure.subplots()
+    axes.hist(scores, bins=[1 + i * 0.125 for i in range(33)], color="#5b8def", edgecolor="white")
+    axes.axvline(threshold, color="#b3261e", linewidth=2, label=f"threshold {threshold:g}")
+    axes.set_xlim(1, 5)
+    axes.set_xlabel("score (1–5)")
+    axes.set_ylabel("images")
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _card(row: dict) -> str:
+    thumb = _thumbnail(row["path"] if os.path.exists(row["path"]) else row["placed"] or row["path"])
+    picture = f'<img src="data:image/jpeg;base64,{thumb}" alt="">' if thumb else "<p>(no preview)</p>"
+    verdict = "keep" if row["passed"] else "reject"
+    return (f'<div class="card">{picture}<b>{row["score"]:.2f}</b> <span class="{verdict}">{verdict}</span> '
+            f'<small>({escape(row["stage"] or "")})</small><br><small>{escape(os.path.basename(row["path"]))}'
+            f'</small><p>{escape(row["reasoning"] or "")}</p></div>')
+
+
+def _gallery(title: str, rows: list[dict]) -> str:
+    return f"<h2>{escape(title)}</h2><div class='gallery'>{''.join(map(_card, rows))}</div>" if rows else ""
+
+
+def write_report(store: ResultStore, path: str | os.PathLike, config: str, threshold: float) -> None:
+    """Write the report on the results of configuration ``config`` in ``store`` to ``path``."""
+    columns = ("path", "score", "passed", "stage", "flagged", "status", "error", "reasoning", "model", "placed")
+    rows = [dict(zip(columns, r)) for r in store.db.execute(
+        f"SELECT {', '.join(columns[:-1])}, (SELECT min(target) FROM placements p WHERE p.path = results.path "
+        "AND p.state = 'done') FROM results WHERE config = ? ORDER BY path", (config,))]
+    scored = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["score"])
+    failed = [r for r in rows if r["status"] != "ok"]
+    kept = sum(bool(r["passed"]) for r in rows)
+    counts = {"images": len(rows), "kept": kept, "rejected": len(rows) - kept, "failed": len(failed),
+              "flagged (failed, kept)": sum(bool(r["flagged"]) for r in rows),
+              "reasoned": sum(r["stage"] in ("think", "fallback") for r in rows)}
+    nearest = sorted(scored, key=lambda r: abs(r["score"] - threshold))[:SHOWN]
+    plot = _histogram([r["score"] for r in scored], threshold) if scored else None
+    histogram = f'<img alt="score histogram" src="data:image/png;base64,{plot}">' if plot else "<p>Nothing scored.</p>"
+    failures = "".join(f"<tr><td>{escape(r['path'])}</td><td>{escape(r['status'])}</td>"
+                       f"<td>{escape(r['error'] or '')}</td></tr>" for r in failed)
+    model = rows[0]["model"] if rows else ""
+    html = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>qponder filter report</title><style>{_STYLE}</style></head>
+<body><h1>qponder filter report</h1>
+<p class="meta">model {escape(model or "")} · threshold {threshold:g} · store {escape(store.path)}</p>
+<div class="counts">{"".join(f"<span><b>{n}</b> {escape(k)}</span>" for k, n in counts.items())}</div>
+{histogram}
+{_gallery("Nearest the threshold", nearest)}
+{_gallery("Lowest scores", scored[:SHOWN])}
+{_gallery("Highest scores", scored[::-1][:SHOWN])}
+<h2>Failures ({len(failed)})</h2>
+{f"<table><tr><th>file</th><th>status</th><th>message</th></tr>{failures}</table>" if failed else "<p>None.</p>"}
+</body></html>
+"""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(html)
