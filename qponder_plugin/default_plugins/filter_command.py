@@ -125,7 +125,8 @@ def _print_summary(summary: dict, as_json: bool) -> None:
     if "total" not in summary:
         click.echo(f"{summary['exported']} rows exported from {summary['store']}")
         return
+    calls = ", ".join(f"{count} {mode}" for mode, count in summary["calls"].items())
     click.echo(f"{summary['total']} images: {summary['kept']} kept, {summary['rejected']} rejected, "
                f"{summary['failed']} failed ({summary['flagged']} flagged and kept); "
-               f"{summary['scored']} scored, {summary['cached']} from the store, {summary['model_calls']} model calls "
-               f"{summary['calls']}; {summary['placed']} placed. Store: {summary['store']}")
+               f"{summary['scored']} scored, {summary['cached']} from the store, {summary['model_calls']} model calls"
+               f"{f' ({calls})' if calls else ''}; {summary['placed']} placed. Store: {summary['store']}")
