@@ -23,7 +23,7 @@ def export_manifest(store: ResultStore, path: str | os.PathLike) -> int:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError as exc:
-            raise ValueError("a parquet manifest needs pyarrow (pip install pyarrow)") from exc
+            raise ValueError("a parquet manifest needs pyarrow (pip install 'qponder-plugin[filter]')") from exc
         pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table(
             {c: pa.array([], pa.string()) for c in EXPORT_COLUMNS}), path)
         return len(rows)

@@ -28,7 +28,7 @@ def _pyexiv2():
     try:
         import pyexiv2
     except ImportError as exc:
-        raise RuntimeError("writing metadata needs pyexiv2 (pip install 'qponder-plugin[metadata]')") from exc
+        raise RuntimeError("writing metadata needs pyexiv2 (pip install 'qponder-plugin[filter]')") from exc
     pyexiv2.registerNs(NAMESPACE, PREFIX)
     return pyexiv2
 

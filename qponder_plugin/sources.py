@@ -43,7 +43,8 @@ def _list_entries(list_file: str) -> list[str]:
         try:
             import pyarrow.parquet as pq
         except ImportError as exc:
-            raise ValueError(f"{list_file}: reading parquet lists needs pyarrow (pip install pyarrow)") from exc
+            raise ValueError(f"{list_file}: reading parquet lists needs pyarrow "
+                             "(pip install 'qponder-plugin[filter]')") from exc
         table = pq.read_table(list_file)
         return [str(v) for v in table.column(_pick_column(table.column_names, list_file)).to_pylist() if v]
     with open(list_file, newline="", encoding="utf-8-sig") as handle:

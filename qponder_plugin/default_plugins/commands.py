@@ -73,11 +73,11 @@ def assess_command(images, model, profile, backend, think, max_pixels, batch_siz
         raise click.UsageError(str(exc).strip("'\"")) from exc
     with scorer:
         results = scorer.iter_assess(paths, think=think, n=samples, temperature=temperature)
-        failed = _emit(_with_progress(results, len(paths)), _format(fmt))
+        failed = _emit(with_progress(results, len(paths)), _format(fmt))
     sys.exit(1 if failed else 0)
 
 
-def _with_progress(results, total: int):
+def with_progress(results, total: int):
     from rich.console import Console
     from rich.progress import Progress
 

@@ -12,7 +12,7 @@ from ..gate import GATE_MODES
 from ..hookspecs import hookimpl
 from ..images import DEFAULT_MAX_PIXELS
 from ..placement import HOW
-from .commands import _with_progress
+from .commands import with_progress
 
 DEFAULT_STORE = "qponder-results.sqlite"
 
@@ -74,9 +74,9 @@ def filter_command(sources, threshold, keep, reject, how, store, report, model, 
     if sources and threshold is None:
         raise click.UsageError("--threshold is required to filter")
     if report and importlib.util.find_spec("matplotlib") is None:
-        raise click.UsageError("--report needs matplotlib (pip install 'qponder-plugin[report]')")
+        raise click.UsageError("--report needs matplotlib (pip install 'qponder-plugin[filter]')")
     if write_metadata and importlib.util.find_spec("pyexiv2") is None:
-        raise click.UsageError("--write-metadata needs pyexiv2 (pip install 'qponder-plugin[metadata]')")
+        raise click.UsageError("--write-metadata needs pyexiv2 (pip install 'qponder-plugin[filter]')")
     if backend and backend not in get_backends():
         raise click.UsageError(f"unknown backend {backend!r}; installed: {', '.join(sorted(get_backends()))}")
     try:
@@ -101,7 +101,7 @@ def filter_command(sources, threshold, keep, reject, how, store, report, model, 
                                 write_metadata=write_metadata)
                 try:
                     todo = run.settle(inputs)
-                    for _ in _with_progress(run.outcomes(todo), len(todo)):
+                    for _ in with_progress(run.outcomes(todo), len(todo)):
                         pass
                 except (PlacementError, BackendError) as exc:
                     raise click.ClickException(f"{exc}; the store is consistent: fix it and run again") from exc
