@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from smoke_model import build_tiny_model, solid_image
-
-SMOKE = Path(__file__).resolve().parents[1] / ".cache" / "qponder-smoke"
+from smoke_model import MODEL_HELP, model_or_smoke, solid_image
 
 
 def run(command: list[str]) -> tuple[dict, float]:
@@ -34,13 +32,12 @@ def run(command: list[str]) -> tuple[dict, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(SMOKE), help="a model folder, an alias such as nano, or a hub id")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--folder", type=Path, help="images to filter (default: --images synthetic ones)")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--threshold", type=float, default=3.0)
     args = parser.parse_args()
-    if args.model == str(SMOKE) and not (SMOKE / "config.json").exists():
-        build_tiny_model(SMOKE)
+    args.model = model_or_smoke(args.model)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         folder = args.folder

@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from smoke_model import build_tiny_model, solid_image
+from smoke_model import MODEL_HELP, model_or_smoke, solid_image
 
 from qponder_plugin import QualityGate, load_scorer
 
-SMOKE = Path(__file__).resolve().parents[1] / ".cache" / "qponder-smoke"
 MARGINS = (0.0, 0.1, 0.25, 0.5)
 
 
@@ -49,7 +48,7 @@ def timed(function, *args, **kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(SMOKE), help="a model folder, an alias such as nano, or a hub id")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--data", type=Path, help="a MOS label file (e.g. AGIQA-3K labels.csv)")
     parser.add_argument("--split", help="the label file's split (e.g. val)")
     parser.add_argument("--limit", type=int, help="score an evenly spaced sample of N images of the split")
@@ -58,8 +57,7 @@ def main() -> None:
     parser.add_argument("--reasoning-tokens", type=int, default=300)
     parser.add_argument("--prefill-steps", type=float, default=10.0)
     args = parser.parse_args()
-    if args.model == str(SMOKE) and not (SMOKE / "config.json").exists():
-        build_tiny_model(SMOKE)
+    args.model = model_or_smoke(args.model)
     inputs = images(args)
     with load_scorer(args.model, batch_size=8) as scorer:
         scorer.assess_batch(inputs[:2], think=False)  # warm up

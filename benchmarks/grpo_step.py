@@ -30,8 +30,9 @@ import threading
 import time
 from pathlib import Path
 
+from smoke_model import MODEL_HELP, model_or_smoke
+
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_MODEL = ROOT / ".cache" / "qponder-smoke"
 BENCH_DIR = ROOT / ".cache" / "bench" / "grpo"
 WARMUP = 1
 OURS, BARE = "ours (build_grpo)", "bare GRPOTrainer"
@@ -39,8 +40,7 @@ OURS, BARE = "ours (build_grpo)", "bare GRPOTrainer"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=SMOKE_MODEL,
-                        help="checkpoint folder (default: the smoke model, built once if missing)")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--rewards", default="format,accuracy",
                         help="comma-separated registered rewards (default format,accuracy; consistency adds one "
                              "text-only forward per completion by design)")
@@ -51,15 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "and swamp the ratio; 0: torch's choice)")
     return parser.parse_args(argv)
 
-
-def ensure_model(path: Path) -> Path:
-    """Build the trained smoke model into ``path`` unless it is already there."""
-    if not (path / "config.json").is_file():
-        from smoke_model import build_tiny_model
-
-        print(f"building the smoke model in {path} (about a minute, once)...", flush=True)
-        build_tiny_model(path)
-    return path
 
 
 def make_records(count: int) -> list:
@@ -205,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = ensure_model(args.model) if args.model.resolve() == SMOKE_MODEL else args.model
+    model_dir = Path(model_or_smoke(args.model))
     rewards = [name.strip() for name in args.rewards.split(",") if name.strip()]
     settings = {"max_completion_length": 96, "num_generations": 4, "per_device_train_batch_size": 8,
                 "temperature": 1.0, "beta": 0.04, "max_steps": WARMUP + args.steps, "disable_tqdm": True}

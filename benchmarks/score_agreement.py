@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
-from smoke_model import build_tiny_model, solid_image
+from smoke_model import MODEL_HELP, model_or_smoke, solid_image
 
 from qponder_plugin import load_scorer
-
-SMOKE = Path(__file__).resolve().parents[1] / ".cache" / "qponder-smoke"
 
 
 def targets(args) -> tuple[list, np.ndarray, str]:
@@ -36,14 +34,12 @@ def targets(args) -> tuple[list, np.ndarray, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(SMOKE),
-                        help="a model folder, a registered name such as nano, or a hub id")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--images", type=int, default=64, help="synthetic images (without --data)")
     parser.add_argument("--data", type=Path, help="a MOS label file to score instead of synthetic images")
     parser.add_argument("--split", help="the label file's split to score (e.g. val)")
     args = parser.parse_args()
-    if args.model == str(SMOKE) and not (SMOKE / "config.json").exists():
-        build_tiny_model(SMOKE)
+    args.model = model_or_smoke(args.model)
     images, truth, name = targets(args)
     with load_scorer(args.model, batch_size=8) as scorer:
         for think in (True, False):

@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from smoke_model import MODEL_HELP, model_or_smoke
+
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_MODEL = ROOT / ".cache" / "qponder-smoke"
 BENCH_DIR = ROOT / ".cache" / "bench"
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -57,8 +58,7 @@ print(json.dumps({"peak_kib": peak, "status": result.status}))
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=SMOKE_MODEL,
-                        help="checkpoint folder (default: the smoke model, built once if missing)")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--images", type=int, help="number of images (default 32, --quick 8)")
     parser.add_argument("--agiqa", type=Path, metavar="DIR",
                         help="score real JPEGs from DIR (AGIQA-3K's images folder) instead of synthetic images")
@@ -76,15 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 3)
     return args
 
-
-def ensure_model(path: Path) -> Path:
-    """Build the trained smoke model into ``path`` unless it is already there."""
-    if not (path / "config.json").is_file():
-        from smoke_model import build_tiny_model
-
-        print(f"building the smoke model in {path} (about a minute, once)...", flush=True)
-        build_tiny_model(path)
-    return path
 
 
 def load_images(count: int, folder: Path | None) -> list:
@@ -225,7 +216,7 @@ def measure_memory(model_dir: Path, threads: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    model_dir = ensure_model(args.model) if args.model.resolve() == SMOKE_MODEL else args.model
+    model_dir = Path(model_or_smoke(args.model))
     images = load_images(args.images, args.agiqa)
     source = f"AGIQA-3K JPEGs from {args.agiqa}" if args.agiqa else "synthetic images, 256..768 px sides"
     print(f"model {model_dir}; {len(images)} {source}; batch size {args.batch_size}, "
