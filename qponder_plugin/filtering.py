@@ -109,14 +109,14 @@ class FilterRun:
         return read
 
     def _readings(self, wanted: dict[str, Input], contents: dict[str, bytes | None], think: bool,
-                  readings: dict[str, Assessment]) -> set[str]:
-        """Score (and commit) the wanted digests the store does not hold; return the ones scored now."""
+                  fresh: set[str]) -> dict[str, Assessment]:
+        """The wanted digests' readings: the store's, and the rest scored and committed now (added to ``fresh``)."""
         mode = "think" if think else "no-think"
         stored = self.store.readings(wanted, self.key, mode)
-        readings.update((d, a) for d, a in stored.items() if a.status != "backend_error")  # those are retried
+        readings = {d: a for d, a in stored.items() if a.status != "backend_error"}  # those are retried
         missing = [d for d in wanted if d not in readings]
         if not missing:
-            return set()
+            return readings
         sources = []
         for digest in missing:
             content = contents.get(digest)
@@ -126,10 +126,10 @@ class FilterRun:
             source = io.BytesIO(content)
             source.name = wanted[digest].path  # the label the assessment carries
             sources.append(source)
-        fresh = dict(zip(missing, self.gate.score(sources, think=think)))
-        self.store.save_readings(self.key, fresh)
-        readings.update(fresh)
-        return set(missing)
+        scored = dict(zip(missing, self.gate.score(sources, think=think)))
+        self.store.save_readings(self.key, scored)
+        fresh.update(missing)
+        return {**readings, **scored}
 
     def _chunk(self, chunk: list[Input]) -> Iterator[Outcome]:
         read = self._hash(chunk)
@@ -138,15 +138,9 @@ class FilterRun:
         for item, (digest, _, _) in zip(chunk, read):
             if digest is not None:
                 first.setdefault(digest, item)
-        fast: dict[str, Assessment] = {}
-        think: dict[str, Assessment] = {}
         fresh: set[str] = set()
-        if self.gate.mode != "think":
-            fresh |= self._readings(first, contents, False, fast)
-        fresh |= self._readings({d: i for d, i in first.items() if self.gate.needs_reasoning(fast.get(d))},
-                                contents, True, think)
-        fallback = {d: i for d, i in first.items() if d not in fast and think[d].status == "parse_error"}
-        fresh |= self._readings(fallback, contents, False, fast)
+        fast, think = self.gate.readings(
+            list(first), lambda digests, think: self._readings({d: first[d] for d in digests}, contents, think, fresh))
         outcomes = [self._decide(item, digest, error, fast, think, fresh)
                     for item, (digest, _, error) in zip(chunk, read)]
         self.store.save_results(self.key, [self._row(o) for o in outcomes])

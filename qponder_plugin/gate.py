@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -148,18 +148,20 @@ class QualityGate:
         while chunk := list(itertools.islice(iterator, chunk_size)):
             yield from zip(chunk, self._verdict_chunk(chunk))
 
-    def _verdict_chunk(self, images: list[ImageSource]) -> list[Verdict]:
-        count = len(images)
-        fast = self.score(images, think=False) if self.mode != "think" else [None] * count
-        think: list[Assessment | None] = [None] * count
-        self._fill(think, images, [i for i in range(count) if self.needs_reasoning(fast[i])], think=True)
-        fallback = [i for i in range(count) if fast[i] is None and think[i].status == "parse_error"]
-        self._fill(fast, images, fallback, think=False)
-        return [self.decide(f, t) for f, t in zip(fast, think)]
+    def readings(self, keys: list, read: Callable[[list, bool], dict]) -> tuple[dict, dict]:
+        """The cascade's readings of ``keys``: ``(no-think, think)`` dicts by key. ``read(keys, think)`` returns a
+        reading for each key it is given (the gate scores; the filter also answers from its store)."""
+        fast = read(keys, False) if self.mode != "think" else {}
+        think = read([k for k in keys if self.needs_reasoning(fast.get(k))], True)
+        fast.update(read([k for k in keys if k not in fast and think[k].status == "parse_error"], False))
+        return fast, think
 
-    def _fill(self, readings: list, images: list, indices: list[int], *, think: bool) -> None:
-        for index, assessment in zip(indices, self.score([images[i] for i in indices], think=think)):
-            readings[index] = assessment
+    def _verdict_chunk(self, images: list[ImageSource]) -> list[Verdict]:
+        def read(indices: list[int], think: bool) -> dict:
+            return dict(zip(indices, self.score([images[i] for i in indices], think=think)))
+
+        fast, think = self.readings(list(range(len(images))), read)
+        return [self.decide(fast.get(i), think.get(i)) for i in range(len(images))]
 
     def check(self, image: ImageSource) -> Verdict:
         return self._verdict_chunk([image])[0]
