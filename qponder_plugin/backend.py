@@ -7,6 +7,7 @@ registry is :mod:`qponder_plugin.registry`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,12 +75,24 @@ class Backend(ABC):
         """Release the model and its memory."""
 
 
-def lazy(target: str) -> Callable[..., Backend]:
-    """A factory that imports ``module:Class`` only when the backend is first used (keeps the core light)."""
+def lazy(target: str, *, requires: Sequence[str] = (), extra: str | None = None) -> Callable[..., Backend]:
+    """A factory that imports ``module:Class`` only when the backend is first used (keeps the core light).
+
+    ``requires`` names the modules the engine imports and ``extra`` the package extra that installs them: a missing
+    one is a :class:`BackendError` that says what to install, and ``qponder models`` lists what is missing.
+    """
 
     def factory(*args, **kwargs) -> Backend:
+        if missing := missing_modules(factory):
+            hint = f"pip install 'qponder-plugin[{extra}]'" if extra else "install " + ", ".join(missing)
+            raise BackendError(f"{', '.join(missing)} not installed: {hint}")
         module, _, attr = target.partition(":")
         return getattr(importlib.import_module(module), attr)(*args, **kwargs)
 
-    factory.target = target
+    factory.target, factory.requires, factory.extra = target, tuple(requires), extra
     return factory
+
+
+def missing_modules(factory: Callable[..., Backend]) -> list[str]:
+    """The modules a backend factory declares in ``requires`` that are not installed."""
+    return [name for name in getattr(factory, "requires", ()) if importlib.util.find_spec(name) is None]

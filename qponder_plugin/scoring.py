@@ -16,6 +16,7 @@ back to the parsed text score.
 from __future__ import annotations
 
 import math
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ def digit_distribution(logprobs: Mapping[str, float], digits: Sequence[int]) -> 
     mass: dict[int, float] = {}
     for token, logprob in logprobs.items():
         stripped = token.strip()
-        if len(stripped) == 1 and stripped.isdigit() and int(stripped) in digits:
+        if len(stripped) == 1 and stripped in string.digits and int(stripped) in digits:
             mass[int(stripped)] = mass.get(int(stripped), 0.0) + math.exp(logprob)
     total = sum(mass.values())
     return {d: p / total for d, p in mass.items()} if total > 0 else None

@@ -9,6 +9,7 @@ vocabulary: a 7B model's full logits for 512 steps would not fit.
 from __future__ import annotations
 
 import importlib.util
+import string
 from collections.abc import Sequence
 
 import torch
@@ -60,11 +61,11 @@ def pixel_budget(image_processor) -> int | None:
 
 
 def digit_token_ids(tokenizer) -> dict[str, list[int]]:
-    """Token ids of every token that decodes to a single digit character, grouped by digit."""
+    """Token ids of every token that decodes to one ASCII digit (spaces aside), grouped by digit."""
     groups: dict[str, list[int]] = {}
     for token_id in tokenizer.get_vocab().values():
         text = tokenizer.decode([token_id]).strip()
-        if len(text) == 1 and text.isdigit():
+        if len(text) == 1 and text in string.digits:  # not "²" or "３": isdigit() holds, int() fails
             groups.setdefault(text, []).append(token_id)
     return groups
 
@@ -73,6 +74,13 @@ def digit_logprobs(logits: torch.Tensor, groups: dict[str, list[int]]) -> torch.
     """``[B, V]`` logits -> ``[B, len(groups)]`` log-probabilities of each digit (in sorted digit order)."""
     logprobs = logits.float().log_softmax(-1)
     return torch.stack([logprobs[:, groups[d]].logsumexp(-1) for d in sorted(groups)], -1)
+
+
+def chat_text(processor, request: Request) -> str:
+    """The prompt in the model's own chat template, ending inside the assistant turn after ``request.prefix``."""
+    messages = [{"role": "system", "content": request.system}] if request.system else []
+    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]})
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + request.prefix
 
 
 class DigitRecorder(LogitsProcessor):
@@ -120,15 +128,11 @@ class TransformersBackend(Backend):
         self.eos_ids.add(self.tokenizer.eos_token_id)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
 
-    def _text(self, request: Request) -> str:
-        messages = [{"role": "system", "content": request.system}] if request.system else []
-        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]})
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True) + request.prefix
-
     def generate(self, requests: Sequence[Request], *, max_new_tokens: int, n: int = 1,
                  temperature: float = 1.0) -> list[list[Completion] | BaseException]:
-        inputs = self.processor(text=[self._text(r) for r in requests], images=[r.image for r in requests],
-                                return_tensors="pt", padding=True).to(self.device)
+        texts = [chat_text(self.processor, r) for r in requests]
+        inputs = self.processor(text=texts, images=[r.image for r in requests], return_tensors="pt",
+                                padding=True).to(self.device)
         sampling = n > 1
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=n,
                                   temperature=temperature if sampling else None, top_k=None, top_p=None,
