@@ -29,6 +29,46 @@ def _output_option(function):
     return function
 
 
+class BackendSetting(click.ParamType):
+    """``KEY=VALUE`` for the backend's constructor; the value is read as JSON when it parses (``2``, ``0.85``,
+    ``true``, ``{"image": 1}``), else kept as text."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = value.partition("=")
+        if not sep or not key.isidentifier():
+            self.fail(f"expected KEY=VALUE with KEY a backend setting name, got {value!r}", param, ctx)
+        try:
+            return key, json.loads(text)
+        except ValueError:
+            return key, text
+
+
+def backend_options(function):
+    """The options that choose an engine and configure it (shared by ``assess`` and ``filter``)."""
+    for option in reversed((
+        click.option("--backend", help="Inference engine: transformers (default), vllm, openai; see `qponder models`."),
+        click.option("--base-url", help="The openai backend's server, e.g. http://127.0.0.1:8000/v1 "
+                     "(default: $OPENAI_BASE_URL)."),
+        click.option("--api-key-env", metavar="VAR", help="Environment variable holding the openai backend's API key "
+                     "(default: OPENAI_API_KEY)."),
+        click.option("-o", "--backend-option", "backend_settings", multiple=True, type=BackendSetting(),
+                     help="A backend setting, repeatable: -o tensor_parallel_size=2 -o gpu_memory_utilization=0.85 "
+                     "(vllm), -o concurrency=32 -o timeout=60 (openai)."),
+    )):
+        function = option(function)
+    return function
+
+
+def engine_options(base_url=None, api_key_env=None, settings=(), **named) -> dict:
+    """The keyword arguments for the backend's constructor, from the shared options (unset ones left out)."""
+    options = {"base_url": base_url, "api_key_env": api_key_env, **named}
+    return {**{k: v for k, v in options.items() if v}, **dict(settings)}
+
+
 def _format(fmt: str | None) -> str:
     return fmt or ("table" if sys.stdout.isatty() else "json")
 
@@ -38,7 +78,7 @@ def _format(fmt: str | None) -> str:
 @click.option("-m", "--model", help="Hub id, local folder or alias (see `qponder models`). "
               "Default: $QPONDER_MODEL, else the bundled nano model.")
 @click.option("--profile", help="Model profile (prompt + parser); guessed from the model when omitted.")
-@click.option("--backend", help="Inference backend (default: transformers).")
+@backend_options
 @click.option("--think/--no-think", default=True, show_default=True,
               help="Reason before scoring, or read the score straight from one forward pass.")
 @click.option("--max-pixels", type=click.IntRange(min=784), default=DEFAULT_MAX_PIXELS, show_default=True,
@@ -52,8 +92,8 @@ def _format(fmt: str | None) -> str:
 @click.option("--device", help="cpu, cuda, cuda:1, mps ... (default: best available).")
 @click.option("--dtype", help="float32, bfloat16, float16 (default: bfloat16 on CUDA, else float32).")
 @_output_option
-def assess_command(images, model, profile, backend, think, max_pixels, batch_size, max_new_tokens, samples,
-                   temperature, device, dtype, fmt):
+def assess_command(images, model, profile, backend, base_url, api_key_env, backend_settings, think, max_pixels,
+                   batch_size, max_new_tokens, samples, temperature, device, dtype, fmt):
     """Score IMAGES (files or folders) and print reasoning plus a 1–5 score for each.
 
     Exit status: 0 when every image was scored, 1 when some failed, 2 on a usage error.
@@ -65,16 +105,21 @@ def assess_command(images, model, profile, backend, think, max_pixels, batch_siz
     paths = list(iter_image_files(images))
     if not paths:
         raise click.UsageError("no image files found in the given folders")
-    options = {k: v for k, v in {"device": device, "dtype": dtype}.items() if v}
+    options = engine_options(base_url, api_key_env, backend_settings, device=device, dtype=dtype)
     try:
         scorer = Scorer(model, backend=backend, profile=profile, max_pixels=max_pixels, batch_size=batch_size,
                         max_new_tokens=max_new_tokens, **options)
     except (ModelNotFoundError, BackendError, KeyError, TypeError) as exc:
-        raise click.UsageError(str(exc).strip("'\"")) from exc
+        raise usage_error(exc) from exc
     with scorer:
         results = scorer.iter_assess(paths, think=think, n=samples, temperature=temperature)
         failed = _emit(with_progress(results, len(paths)), _format(fmt))
     sys.exit(1 if failed else 0)
+
+
+def usage_error(exc: Exception) -> click.UsageError:
+    """A usage error with the exception's own message (a KeyError's repr quotes it)."""
+    return click.UsageError(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
 
 
 def with_progress(results, total: int):
@@ -142,7 +187,7 @@ def models_command(as_json):
     profiles = [{"name": p.name, "description": p.description, "score_range": list(p.score_range)}
                 for p in get_profiles().values()]
     if as_json:
-        click.echo(json.dumps({"models": models, "profiles": profiles}, indent=2))
+        click.echo(json.dumps({"models": models, "profiles": profiles, "backends": _backends()}, indent=2))
         return
     click.echo("Checkpoints (pass the alias or the hub id as --model):")
     for m in models:
@@ -150,6 +195,28 @@ def models_command(as_json):
     click.echo("\nProfiles (--profile):")
     for p in profiles:
         click.echo(f"  {p['name']:<22} {p['description']}")
+    _print_backends()
+
+
+def _backends() -> list[dict]:
+    """Each registered backend, the modules it needs, which of them are missing, and how to install them."""
+    from ..backend import missing_modules
+    from ..registry import get_backends
+
+    rows = []
+    for name, factory in sorted(get_backends().items()):
+        missing, extra = missing_modules(factory), getattr(factory, "extra", None)
+        rows.append({"name": name, "requires": list(getattr(factory, "requires", ())), "missing": missing,
+                     "install": f"pip install 'qponder-plugin[{extra}]'" if extra else None})
+    return rows
+
+
+def _print_backends() -> None:
+    click.echo("\nBackends (--backend):")
+    for row in _backends():
+        needs = ", ".join(row["requires"]) or "nothing more"
+        state = "ready" if not row["missing"] else f"missing {', '.join(row['missing'])}: {row['install']}"
+        click.echo(f"  {row['name']:<14} needs {needs:<40} {state}")
 
 
 @click.command("plugins")
@@ -173,4 +240,5 @@ def plugins_command(as_json):
             click.echo(f"    error: {info['error']}")
         for hook in info["unknown_hooks"]:
             click.echo(f"    unknown hook {hook!r}: no such hook (misspelt?); it is never called")
+    _print_backends()
     click.echo(f"\nSet {DISABLE_ENV}=1 to switch off third-party plugins.")

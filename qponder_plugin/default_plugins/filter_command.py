@@ -12,7 +12,7 @@ from ..gate import GATE_MODES
 from ..hookspecs import hookimpl
 from ..images import DEFAULT_MAX_PIXELS
 from ..placement import HOW
-from .commands import with_progress
+from .commands import backend_options, engine_options, usage_error, with_progress
 
 DEFAULT_STORE = "qponder-results.sqlite"
 
@@ -34,7 +34,7 @@ def register_commands(cli):
 @click.option("--report", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML report (histogram, galleries, failures) here.")
 @click.option("-m", "--model", help="Hub id, local folder or alias (default: $QPONDER_MODEL, else the nano model).")
-@click.option("--backend", help="Inference backend (default: transformers).")
+@backend_options
 @click.option("--gate", "gate_mode", type=click.Choice(GATE_MODES), default="cascade", show_default=True,
               help="cascade: reason only near the threshold; fast: never reason; think: always reason.")
 @click.option("--margin", type=click.FloatRange(min=0.0), default=0.25, show_default=True,
@@ -49,8 +49,9 @@ def register_commands(cli):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (the last line).")
 @click.option("--export", type=click.Path(dir_okay=False),
               help="Write the store's rows to a .jsonl, .csv or .parquet manifest (SOURCES optional).")
-def filter_command(sources, threshold, keep, reject, how, store, report, model, backend, gate_mode, margin,
-                   on_error, include, exclude, write_metadata, batch_size, as_json, export):
+def filter_command(sources, threshold, keep, reject, how, store, report, model, backend, base_url, api_key_env,
+                   backend_settings, gate_mode, margin, on_error, include, exclude, write_metadata, batch_size,
+                   as_json, export):
     """Score SOURCES (folders, image files, or lists of paths in .txt/.csv/.parquet) and place each image into
     --keep or --reject. Results are committed to the store before any file is placed, so a killed run resumes
     with the same command.
@@ -94,9 +95,10 @@ def filter_command(sources, threshold, keep, reject, how, store, report, model, 
             try:
                 config = scoring_config(model, backend=backend, max_pixels=DEFAULT_MAX_PIXELS, digest=results.digest)
             except (ModelNotFoundError, KeyError) as exc:
-                raise click.UsageError(str(exc).strip("'\"")) from exc
+                raise usage_error(exc) from exc
             with QualityGate(threshold, model=model, backend=backend, mode=gate_mode, margin=margin,
-                             on_error=on_error, batch_size=batch_size) as gate:
+                             on_error=on_error, batch_size=batch_size,
+                             **engine_options(base_url, api_key_env, backend_settings)) as gate:
                 run = FilterRun(results, gate, config, keep=keep, reject=reject, how=how, chunk_size=batch_size * 4,
                                 write_metadata=write_metadata)
                 try:

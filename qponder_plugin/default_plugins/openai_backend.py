@@ -26,7 +26,6 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
 import openai
 
 from ..backend import Backend, BackendError, Completion, Request
@@ -69,15 +68,19 @@ class OpenAIBackend(Backend):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="qponder-openai", daemon=True)
         self._thread.start()
-        self.client = self._run(self._client(os.environ.get(api_key_env) or "unused", timeout, max_retries))
-        served = self._run(self._served_models())
-        if served is not None and served and model not in {m.id for m in served}:
+        self.client = None
+        try:
+            self.client = self._run(self._client(os.environ.get(api_key_env) or "unused", timeout, max_retries))
+            served = self._run(self._served_models())
+            if served and model not in {m.id for m in served}:
+                raise BackendError(f"{base_url} does not serve {model!r}; it serves: "
+                                   f"{', '.join(m.id for m in served)} (pass one as --model)")
+            owners = {getattr(m, "owned_by", None) for m in served or ()}
+            self.server_extras = server_extras if server_extras is not None else "vllm" in owners
+            self.digit_ids = self._run(self._digit_ids()) if self.server_extras else []
+        except BaseException:
             self.close()
-            raise BackendError(f"{base_url} does not serve {model!r}; it serves: "
-                               f"{', '.join(m.id for m in served)} (pass one as --model)")
-        owners = {getattr(m, "owned_by", None) for m in served or ()}
-        self.server_extras = server_extras if server_extras is not None else "vllm" in owners
-        self.digit_ids = self._run(self._digit_ids()) if self.server_extras else []
+            raise
 
     async def _client(self, api_key: str, timeout: float, max_retries: int) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
@@ -98,19 +101,18 @@ class OpenAIBackend(Backend):
 
     async def _digit_ids(self) -> list[int]:
         """Ids of the tokens "0"–"9" from vLLM's ``/tokenize`` (served beside ``/v1``)."""
-        root = str(self.client.base_url).rstrip("/").removesuffix("/v1")
+        url = str(self.client.base_url).rstrip("/").removesuffix("/v1") + "/tokenize"
         ids = []
-        async with httpx.AsyncClient(timeout=self.client.timeout) as http:
-            for digit in "0123456789":
-                try:
-                    response = await http.post(f"{root}/tokenize", json={"model": self.model, "prompt": digit,
-                                                                         "add_special_tokens": False})
-                    tokens = response.raise_for_status().json()["tokens"]
-                except (httpx.HTTPError, KeyError, ValueError) as exc:
-                    log.warning("no exact digit log-probabilities (/tokenize failed: %s); using the top 20", exc)
-                    return []
-                if len(tokens) == 1:
-                    ids.extend(tokens)
+        for digit in "0123456789":
+            try:
+                answer = await self.client.post(url, cast_to=object, body={
+                    "model": self.model, "prompt": digit, "add_special_tokens": False})
+                tokens = answer["tokens"]
+            except (openai.OpenAIError, KeyError, TypeError) as exc:
+                log.warning("no exact digit log-probabilities (/tokenize failed: %s); using the top 20", exc)
+                return []
+            if len(tokens) == 1:
+                ids.extend(tokens)
         return ids
 
     def generate(self, requests: Sequence[Request], *, max_new_tokens: int, n: int = 1,
@@ -150,7 +152,7 @@ class OpenAIBackend(Backend):
         return [completion_from_choice(choice, prefix) for choice in response.choices]
 
     def close(self) -> None:
-        if getattr(self, "client", None) is not None:
+        if self.client is not None:
             self._run(self.client.close())
             self.client = None
         if self._loop.is_running():
