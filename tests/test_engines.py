@@ -1,0 +1,134 @@
+"""The vllm and openai backends on a real engine: vLLM's CPU build in its cached venv (``scripts/engine-env``),
+with the bundled nano model, offline and behind its OpenAI-compatible server.
+
+Both must match the transformers backend: the same greedy texts, and scores within ``TOLERANCE`` (with exact digit
+log-probabilities the measured difference is 0 at 4 decimals). The faults are the engine's own: a request it
+refuses, and a server killed with -9 mid-run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from engines import CPU_ENGINE, engine_env, engine_python, stop, vllm_offline, vllm_server  # noqa: E402
+
+from qponder_plugin.scorer import NANO, Scorer  # noqa: E402
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-3  # score points on 1-5; scores are rounded to 4 decimals
+
+
+@pytest.fixture(scope="module")
+def vllm_python():
+    try:
+        return engine_python()
+    except RuntimeError as exc:  # no network for pip on a fresh machine, say
+        pytest.skip(f"the vLLM engine venv could not be built: {exc}")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """The 5 sample images and 19 synthetic ones of assorted sizes, modes and defects (blur, noise, flat)."""
+    folder = tmp_path_factory.mktemp("engine-images")
+    rng = np.random.default_rng(0)
+    for i in range(19):
+        size = (int(rng.integers(48, 400)), int(rng.integers(48, 400)))
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(i % 5))
+        if i % 4 == 0:
+            image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 256, 3)))
+        image.save(folder / f"synthetic_{i:02d}.{'png' if i % 2 else 'jpg'}")
+    return sorted(str(p) for p in (ROOT / "examples" / "images").glob("*.jpg")) + \
+        sorted(str(p) for p in folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def reference(images):
+    """The transformers backend's rows, by (source, mode)."""
+    pytest.importorskip("transformers", reason="needs the transformers extra")
+    with Scorer("nano") as scorer:
+        return {(r.source, r.mode): r.to_dict() for think in (True, False)
+                for r in scorer.assess_batch(images, think=think)}
+
+
+def compare(rows, reference) -> float:
+    """Assert every row is ok with the reference's text; return the largest score difference."""
+    assert [r["status"] for r in rows] == ["ok"] * len(rows), [r["error"] for r in rows if r["status"] != "ok"]
+    for row in rows:
+        assert row["raw"] == reference[row["source"], row["mode"]]["raw"], row["source"]
+        assert row["method"] == "probability"
+    difference = max(abs(r["score"] - reference[r["source"], r["mode"]]["score"]) for r in rows)
+    print(f"{rows[0]['backend']} {rows[0]['mode']}: {len(rows)} images, max |score difference| {difference:.4f}")
+    return difference
+
+
+@pytest.mark.parametrize("think", [True, False], ids=["think", "no-think"])
+def test_offline_engine_matches_transformers(vllm_python, images, reference, think):
+    rows, _ = vllm_offline(images, think=think)
+    assert compare(rows, reference) <= TOLERANCE
+
+
+def test_server_matches_transformers_and_survives_kill_9(vllm_python, images, reference, tmp_path):
+    with vllm_server(str(NANO), log=tmp_path / "server.log") as (base_url, server):
+        with Scorer("nano", backend="openai", base_url=base_url) as scorer:
+            assert scorer.backend.server_extras and len(scorer.backend.digit_ids) == 10
+            for think in (True, False):
+                rows = [r.to_dict() for r in scorer.assess_batch(images, think=think)]
+                assert compare(rows, reference) <= TOLERANCE
+        # Killed with -9 mid-run: the first window (8 images) is scored, every later image is a backend_error, and
+        # the run ends in bounded time (connection refused is retried twice with backoff, then given up).
+        with Scorer("nano", backend="openai", base_url=base_url, batch_size=2, timeout=5.0,
+                    max_retries=2) as scorer:
+            started, results = time.monotonic(), []
+            for result in scorer.iter_assess(images[:16], think=False):
+                results.append(result)
+                if len(results) == 8:
+                    stop_hard(server)
+            elapsed = time.monotonic() - started
+    assert [r.status for r in results] == ["ok"] * 8 + ["backend_error"] * 8
+    assert all("connection" in r.error.lower() for r in results[8:]), results[8].error
+    print(f"server killed with -9 after 8 images: 8 backend_error rows, run ended in {elapsed:.1f} s")
+    assert elapsed < 60
+
+
+def stop_hard(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+    stop(server)
+
+
+REFUSAL = textwrap.dedent("""
+    import json, sys
+    from PIL import Image
+    from qponder_plugin.backend import Request
+    from qponder_plugin.default_plugins.vllm_backend import VLLMBackend
+
+    if __name__ == "__main__":
+        backend = VLLMBackend(sys.argv[1], **json.loads(sys.argv[2]))
+        image = Image.new("RGB", (96, 96), (120, 80, 40))
+        requests = [Request(image, "Rate this image."), Request(image, "word " * 3000), Request(image, "Rate it.")]
+        results = backend.generate(requests, max_new_tokens=4)
+        print(json.dumps([repr(r) if isinstance(r, BaseException) else r[0].text for r in results]))
+""")
+
+
+def test_offline_engine_refuses_one_request_and_runs_the_rest(vllm_python):
+    done = subprocess.run([str(vllm_python), "-c", REFUSAL, str(NANO), json.dumps(CPU_ENGINE)], capture_output=True,
+                          text=True, env=engine_env(), timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, refused, last = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "VLLMValidationError" in refused and "maximum context length" in refused, refused
+    assert isinstance(first, str) and isinstance(last, str) and "Error" not in first + last
