@@ -110,25 +110,65 @@ def stop_hard(server: subprocess.Popen) -> None:
     stop(server)
 
 
-REFUSAL = textwrap.dedent("""
+DRIVER = textwrap.dedent("""
     import json, sys
     from PIL import Image
     from qponder_plugin.backend import Request
-    from qponder_plugin.default_plugins.vllm_backend import VLLMBackend
+    from qponder_plugin.scorer import Scorer
 
     if __name__ == "__main__":
-        backend = VLLMBackend(sys.argv[1], **json.loads(sys.argv[2]))
-        image = Image.new("RGB", (96, 96), (120, 80, 40))
-        requests = [Request(image, "Rate this image."), Request(image, "word " * 3000), Request(image, "Rate it.")]
-        results = backend.generate(requests, max_new_tokens=4)
-        print(json.dumps([repr(r) if isinstance(r, BaseException) else r[0].text for r in results]))
+        adapter, engine, images = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+        with Scorer(adapter, backend="vllm", profile="qponder", **engine) as scorer:
+            scores = [r.score for r in scorer.assess_batch(images, think=False)]
+            image = Image.new("RGB", (96, 96), (120, 80, 40))
+            batch = [Request(image, "Rate this image."), Request(image, "word " * 3000), Request(image, "Rate it.")]
+            refused = [repr(r) if isinstance(r, BaseException) else r[0].text
+                       for r in scorer.backend.generate(batch, max_new_tokens=4)]
+            [samples] = scorer.backend.generate(batch[:1], max_new_tokens=8, n=3, temperature=1.0)
+        print(json.dumps({"scores": scores, "refused": refused, "samples": [c.text for c in samples]}))
 """)
 
 
-def test_offline_engine_refuses_one_request_and_runs_the_rest(vllm_python):
-    done = subprocess.run([str(vllm_python), "-c", REFUSAL, str(NANO), json.dumps(CPU_ENGINE)], capture_output=True,
-                          text=True, env=engine_env(), timeout=900, cwd=ROOT)
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    """A peft LoRA adapter on nano's language model (random, small weights) and the same adapter merged."""
+    pytest.importorskip("peft", reason="needs the train extra")
+    import torch
+    from peft import get_peft_model
+    from qponder_plugin.training.export import export
+    from qponder_plugin.training.trainers import lora_config
+    from transformers import AutoModelForImageTextToText
+
+    folder = tmp_path_factory.mktemp("lora")
+    config = lora_config(r=8, alpha=16)
+    config.init_lora_weights = False
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(NANO), config)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.mul_(0.1)
+    model.save_pretrained(folder / "adapter")
+    return folder / "adapter", export(folder / "adapter", folder / "merged")
+
+
+def test_offline_engine_lora_sampling_and_a_refused_request(vllm_python, images, reference, adapter):
+    """One engine with a LoRA adapter (a `qponder train` output's adapter/ folder): its scores match the adapter
+    merged into nano under transformers; n=3 sampling gives 3 answers; a request the engine refuses (longer than
+    max_model_len) is that row's error while the rest of its batch runs."""
+    adapter_dir, merged = adapter
+    sample = images[:5]
+    done = subprocess.run([str(vllm_python), "-c", DRIVER, str(adapter_dir), json.dumps(CPU_ENGINE), *sample],
+                          capture_output=True, text=True, env=engine_env(), timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    first, refused, last = json.loads(done.stdout.strip().splitlines()[-1])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    with Scorer(merged, profile="qponder") as scorer:
+        merged_scores = [r.score for r in scorer.assess_batch(sample, think=False)]
+    base_scores = [reference[path, "no-think"]["score"] for path in sample]
+    difference = max(abs(a - b) for a, b in zip(out["scores"], merged_scores))
+    print(f"vllm + LoRA vs merged under transformers: max |score difference| {difference:.4f} "
+          f"(vs the base model: {max(abs(a - b) for a, b in zip(out['scores'], base_scores)):.4f})")
+    assert difference <= TOLERANCE < 10 * TOLERANCE < max(abs(a - b) for a, b in zip(out["scores"], base_scores))
+    first, refused, last = out["refused"]
     assert "VLLMValidationError" in refused and "maximum context length" in refused, refused
-    assert isinstance(first, str) and isinstance(last, str) and "Error" not in first + last
+    assert "Error" not in first + last
+    assert len(out["samples"]) == 3
