@@ -37,6 +37,21 @@ def test_version_models_and_plugins():
     assert all(p["status"] == "loaded" for name, p in plugins.items() if name.startswith("qponder_plugin."))
 
 
+def test_backends_say_what_they_need(tmp_path):
+    import importlib.util
+
+    backends = {b["name"]: b for b in json.loads(invoke("models", "--json").stdout)["backends"]}
+    assert set(backends) >= {"transformers", "vllm", "openai"}
+    assert backends["vllm"]["requires"] == ["vllm", "transformers"]
+    assert backends["vllm"]["install"] == "pip install 'qponder-plugin[vllm]'"
+    assert "Backends (--backend):" in invoke("plugins").stdout
+    if importlib.util.find_spec("vllm") is None:  # the project's own venv: vLLM lives in an engine venv of its own
+        assert backends["vllm"]["missing"] == ["vllm"]
+        solid_image(0.5, 32).save(tmp_path / "a.png")
+        result = invoke("assess", tmp_path / "a.png", "--backend", "vllm")
+        assert result.exit_code == 2 and "vllm not installed: pip install 'qponder-plugin[vllm]'" in result.output
+
+
 @pytest.mark.model
 def test_assess_json_lines_and_exit_codes(smoke_model, images, tmp_path):
     result = invoke("assess", "-m", smoke_model, images, "--json")

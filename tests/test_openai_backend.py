@@ -250,3 +250,36 @@ def test_usage_errors(serve, monkeypatch):
         Scorer("other", backend="openai", base_url=serve().url)
     with pytest.raises(BackendError, match="cannot reach"):
         Scorer(MODEL, backend="openai", base_url="http://127.0.0.1:9/v1", timeout=1.0, max_retries=0)
+
+
+def test_command_line_through_a_server(serve, tmp_path):
+    from click.testing import CliRunner
+
+    from qponder_plugin.cli import build
+
+    server = serve()
+    for i, image in enumerate(images(3)):
+        image.save(tmp_path / f"{i}.png")
+    common = ["--backend", "openai", "--base-url", server.url, "-m", MODEL, "-o", "timeout=2", "-o", "max_retries=0"]
+    assessed = CliRunner().invoke(build(), ["assess", str(tmp_path / "0.png"), "--profile", "qponder", "--json",
+                                            *common])
+    assert assessed.exit_code == 0, assessed.output
+    row = json.loads(assessed.stdout)
+    assert (row["backend"], row["score"], row["method"]) == ("openai", 4.0, "probability")
+    filtered = CliRunner().invoke(build(), ["filter", str(tmp_path), "-t", "3.9", "--keep", str(tmp_path / "good"),
+                                            "--store", str(tmp_path / "store.db"), "--json", *common])
+    assert filtered.exit_code == 0, filtered.output
+    assert json.loads(filtered.stdout.splitlines()[-1])["kept"] == 3
+    assert sorted(p.name for p in (tmp_path / "good").iterdir()) == ["0.png", "1.png", "2.png"]
+
+
+@pytest.mark.parametrize("setting, message", [("timeout", "expected KEY=VALUE"), ("9x=1", "expected KEY=VALUE"),
+                                              ("bogus=1", "unexpected keyword argument 'bogus'")])
+def test_command_line_setting_errors(serve, setting, message):
+    from click.testing import CliRunner
+
+    from qponder_plugin.cli import build
+
+    result = CliRunner().invoke(build(), ["assess", "x.png", "--backend", "openai", "--base-url", serve().url,
+                                          "-m", MODEL, "-o", setting])
+    assert result.exit_code == 2 and message in result.output, result.output
