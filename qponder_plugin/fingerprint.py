@@ -10,14 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from .registry import get_profile, profile_for_model
 from .result import SCHEMA_VERSION
 from .scorer import DEFAULT_BACKEND, resolve_model
 
 READING_VERSION = 1  # bump when the way a score is read from an answer changes
+# Backend settings that change where or how fast a score is computed, never the score itself.
+TRANSPORT = frozenset({"base_url", "api_key_env", "concurrency", "timeout", "max_retries", "device",
+                       "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "max_model_len"})
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -43,8 +47,11 @@ def weights_fingerprint(model_id: str, digest: Callable[[str], str] = file_diges
 
 def scoring_config(model: str | None = None, *, backend: str | None = None, profile: str | None = None,
                    max_pixels: int | None = None, revision: str | None = None,
-                   digest: Callable[[str], str] = file_digest) -> dict:
-    """Everything that changes a score, as a JSON-ready dict (the profile is chosen as :class:`Scorer` does)."""
+                   digest: Callable[[str], str] = file_digest, settings: Mapping[str, Any] | None = None) -> dict:
+    """Everything that changes a score, as a JSON-ready dict (the profile is chosen as :class:`Scorer` does).
+
+    ``settings`` are the backend's options: those that can change a score (a LoRA adapter, by its weights; a dtype)
+    are part of the key, while transport and capacity settings (:data:`TRANSPORT`) are not."""
     model_id, declared = resolve_model(model)
     name = profile or declared
     chosen = get_profile(name) if name else profile_for_model(model_id)
@@ -53,7 +60,13 @@ def scoring_config(model: str | None = None, *, backend: str | None = None, prof
     return {"model": model_id, "weights": weights_fingerprint(model_id, digest, revision),
             "backend": backend or DEFAULT_BACKEND, "profile": chosen.name,
             "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16], "max_pixels": max_pixels,
-            "version": [READING_VERSION, SCHEMA_VERSION]}
+            "version": [READING_VERSION, SCHEMA_VERSION], **_scoring_settings(settings or {}, digest)}
+
+
+def _scoring_settings(settings: Mapping[str, Any], digest: Callable[[str], str]) -> dict:
+    kept = {k: weights_fingerprint(str(v), digest) if k == "lora" else v
+            for k, v in sorted(settings.items()) if k not in TRANSPORT}
+    return {"settings": kept} if kept else {}  # no key at all without them: older stores keep their keys
 
 
 def config_key(config: dict) -> str:

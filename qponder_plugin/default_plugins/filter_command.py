@@ -90,15 +90,16 @@ def filter_command(sources, threshold, keep, reject, how, store, report, model, 
     if sources and not inputs:
         raise click.UsageError("no image files found in the given sources")
     summary: dict = {"store": store}
+    settings = engine_options(base_url, api_key_env, backend_settings)
     with ResultStore(store) as results:
         if sources:
             try:
-                config = scoring_config(model, backend=backend, max_pixels=DEFAULT_MAX_PIXELS, digest=results.digest)
+                config = scoring_config(model, backend=backend, max_pixels=DEFAULT_MAX_PIXELS, digest=results.digest,
+                                        settings=settings)
             except (ModelNotFoundError, KeyError) as exc:
                 raise usage_error(exc) from exc
             with QualityGate(threshold, model=model, backend=backend, mode=gate_mode, margin=margin,
-                             on_error=on_error, batch_size=batch_size,
-                             **engine_options(base_url, api_key_env, backend_settings)) as gate:
+                             on_error=on_error, batch_size=batch_size, **settings) as gate:
                 run = FilterRun(results, gate, config, keep=keep, reject=reject, how=how, chunk_size=batch_size * 4,
                                 write_metadata=write_metadata)
                 try:
