@@ -52,6 +52,19 @@ def pick_attention(device: str, requested: str | None) -> str | None:
     return "sdpa"
 
 
+def load_processor(model: str, *, trust_remote_code: bool = False, revision: str | None = None):
+    """The model's multimodal processor. A bare tokenizer (what transformers returns for Qwen2.5-VL without
+    torchvision) is an error here, not a silent text-only run."""
+    try:
+        processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError, ImportError) as exc:
+        raise BackendError(f"cannot load the processor of {model!r}: {exc}") from exc
+    if getattr(processor, "image_processor", None) is None:
+        raise BackendError(f"{model!r}: AutoProcessor returned a bare tokenizer, not an image processor; for "
+                           "Qwen2.5-VL install torchvision (pip install 'qponder-plugin[transformers]')")
+    return processor
+
+
 def pixel_budget(image_processor) -> int | None:
     """The most pixels a Qwen2-VL-style processor keeps (it resizes anything larger down to this)."""
     if not hasattr(image_processor, "merge_size"):
@@ -107,18 +120,14 @@ class TransformersBackend(Backend):
                  attn_implementation: str | None = None):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
+        self.processor = load_processor(model, trust_remote_code=trust_remote_code, revision=revision)
         try:
-            self.processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code,
-                                                           revision=revision)
             self.model = AutoModelForImageTextToText.from_pretrained(
                 model, dtype=self.dtype, trust_remote_code=trust_remote_code, revision=revision,
                 use_safetensors=True, attn_implementation=pick_attention(self.device, attn_implementation),
             ).to(self.device).eval()
         except (OSError, ValueError, ImportError) as exc:
             raise BackendError(f"cannot load {model!r} with transformers: {exc}") from exc
-        if getattr(self.processor, "image_processor", None) is None:
-            raise BackendError(f"{model!r}: AutoProcessor returned a bare tokenizer, not an image processor; for "
-                               "Qwen2.5-VL install torchvision (pip install 'qponder-plugin[transformers]')")
         self.max_pixels = pixel_budget(self.processor.image_processor)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"

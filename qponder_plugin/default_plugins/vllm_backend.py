@@ -25,14 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoProcessor
 
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries results (--json, --csv)
 from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.lora.request import LoRARequest  # noqa: E402
 
 from ..backend import Backend, BackendError, Completion, Request
-from .transformers_backend import chat_text, digit_token_ids, pixel_budget
+from .transformers_backend import chat_text, digit_token_ids, load_processor, pixel_budget
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +58,14 @@ class VLLMBackend(Backend):
             rank = json.loads(Path(lora, "adapter_config.json").read_text()).get("r", 16)
             engine_args.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
             self.lora = LoRARequest("qponder", 1, str(lora))
+        self.processor = load_processor(model, trust_remote_code=trust_remote_code, revision=revision)
         try:
-            self.processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code,
-                                                           revision=revision)
             self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size,
                            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, dtype=dtype,
                            enforce_eager=enforce_eager, trust_remote_code=trust_remote_code, revision=revision,
                            seed=seed, limit_mm_per_prompt={"image": 1}, **engine_args)
         except (OSError, ValueError, RuntimeError) as exc:
             raise BackendError(f"cannot load {model!r} with vLLM: {exc}") from exc
-        if getattr(self.processor, "image_processor", None) is None:
-            raise BackendError(f"{model!r}: AutoProcessor returned a bare tokenizer, not an image processor "
-                               "(install torchvision)")
         self.max_pixels = pixel_budget(self.processor.image_processor)
         self.tokenizer = self.llm.get_tokenizer()
         self.digit_of = {i: digit for digit, ids in digit_token_ids(self.tokenizer).items() for i in ids}
