@@ -2,7 +2,8 @@
 
 Every training command takes ``--config FILE.yaml``: its keys are the command's option names (``lora_r: 8``) and
 an ``args:`` mapping of ``SFTConfig`` / ``GRPOConfig`` fields; flags on the command line win. ``--arg key=value``
-sets one trainer field from the command line.
+sets one trainer field from the command line. Both take the type of the field they set, and models resolve as the
+core resolves them (``training/settings.py``), so a wrong setting or an unknown model fails before any work starts.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ def _load_config(ctx: click.Context, _param, path: str | None):
     return path
 
 
-def _trainer_args(ctx: click.Context, pairs: tuple[str, ...]) -> dict:
+def _trainer_args(ctx: click.Context, pairs: tuple[str, ...], config_class: type) -> dict:
+    """The config file's ``args`` and the ``--arg`` pairs (which win), typed by the ``config_class`` fields."""
     import yaml
+
+    from .settings import SettingError, typed_settings
 
     args = dict((ctx.default_map or {}).get("args") or {})
     for pair in pairs:
@@ -33,7 +37,24 @@ def _trainer_args(ctx: click.Context, pairs: tuple[str, ...]) -> dict:
         if not sep:
             raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--arg")
         args[key.strip()] = yaml.safe_load(value)
-    return args
+    try:
+        return typed_settings(config_class, args)
+    except SettingError as exc:
+        raise click.BadParameter(str(exc), param_hint="--arg / args:") from exc
+
+
+def _model(_ctx, _param, value: str | None) -> str:
+    from .settings import SettingError, resolve_training_model
+
+    try:
+        return resolve_training_model(value)
+    except SettingError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def model_option(help_text: str):
+    return click.option("-m", "--model", callback=_model, help=f"{help_text}: an alias (see `qponder models`), a "
+                        "folder or a hub id. Default: $QPONDER_MODEL, else the bundled nano model.")
 
 
 def data_options(function):
@@ -127,30 +148,32 @@ def distill(data, dataset, image_root, split, score_range, teacher_model, teache
 @train.command()
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Distilled JSONL from `qponder train distill`.")
-@click.option("--model", required=True, help="Base checkpoint (hub id or folder).")
+@model_option("Base checkpoint")
 @click.option("--output", required=True, type=click.Path(file_okay=False))
 @training_options
 @click.pass_context
 def sft(ctx, data, model, output, lora, lora_r, lora_alpha, freeze_vision, vision_learning_rates, trainer_args):
     """Supervised cold start on distilled reasoning (loss on the completion only)."""
+    from trl import SFTConfig
+
     from .data import MosRecord, to_dataset
     from .distill import read_distilled
     from .trainers import run_sft
 
+    args = _trainer_args(ctx, trainer_args, SFTConfig)
     rows = read_distilled(data)
     if not rows:
         raise click.UsageError(f"{data}: no distilled samples")
     records = [MosRecord(r["image"], r["mos"], r["mos"], None, r["image"], None) for r in rows]
     dataset = to_dataset(records, with_completion=[r["completion"] for r in rows])
     path = run_sft(model, dataset, output, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
-                   freeze_vision=freeze_vision, vision_learning_rates=vision_learning_rates,
-                   args=_trainer_args(ctx, trainer_args))
+                   freeze_vision=freeze_vision, vision_learning_rates=vision_learning_rates, args=args)
     click.echo(f"saved {path}")
 
 
 @train.command()
 @data_options
-@click.option("--model", required=True, help="SFT checkpoint (or a base model).")
+@model_option("SFT checkpoint (or a base model)")
 @click.option("--output", required=True, type=click.Path(file_okay=False))
 @click.option("--rewards", default="format,accuracy,consistency", show_default=True,
               help="Comma-separated registered rewards; built in: format, accuracy, accuracy_gaussian, consistency, "
@@ -161,16 +184,18 @@ def sft(ctx, data, model, output, lora, lora_r, lora_alpha, freeze_vision, visio
 def grpo(ctx, data, dataset, image_root, split, score_range, model, output, rewards, reward_weights, lora, lora_r,
          lora_alpha, freeze_vision, vision_learning_rates, trainer_args):
     """GRPO with score-accuracy and reasoning-consistency rewards."""
+    from trl import GRPOConfig
+
     from .data import to_dataset
     from .trainers import run_grpo
 
+    args = _trainer_args(ctx, trainer_args, GRPOConfig)
     records = read_records(data, dataset, image_root, split, score_range)
     weights = [float(w) for w in reward_weights.split(",")] if reward_weights else None
     try:
         path = run_grpo(model, to_dataset(list(records)), output, rewards=rewards.split(","),
                         reward_weights=weights, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
-                        freeze_vision=freeze_vision, vision_learning_rates=vision_learning_rates,
-                        args=_trainer_args(ctx, trainer_args))
+                        freeze_vision=freeze_vision, vision_learning_rates=vision_learning_rates, args=args)
     except (KeyError, ValueError) as exc:
         raise click.UsageError(str(exc).strip("'\"")) from exc
     click.echo(f"saved {path}")
@@ -193,7 +218,7 @@ def export_command(checkpoint, out, base_model, card_path, overwrite):
 
 @click.command("eval")
 @data_options
-@click.option("-m", "--model", required=True, help="Checkpoint to evaluate (hub id, folder or alias).")
+@model_option("Checkpoint to evaluate")
 @click.option("--backend", help="Core backend (default: transformers).")
 @click.option("--profile", help="Model profile (default: from the checkpoint).")
 @click.option("--out", default="eval", show_default=True, type=click.Path(file_okay=False),
