@@ -12,7 +12,7 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -53,6 +53,43 @@ class Summary:
 
     def to_dict(self) -> dict:
         return dict(vars(self))
+
+
+Score = Callable[[list[str], bool], dict[str, Assessment]]
+
+
+def score_sources(gate: QualityGate, sources: dict[str, tuple[str, bytes | None]],
+                  think: bool) -> dict[str, Assessment]:
+    """Score ``{digest: (path, content)}`` through ``gate``: the content when it is at hand, else the file, each
+    labelled with its path."""
+    images = []
+    for path, content in sources.values():
+        if content is None:
+            images.append(path)
+        else:
+            images.append(io.BytesIO(content))
+            images[-1].name = path
+    return dict(zip(sources, gate.score(images, think=think)))
+
+
+def cascade(gate: QualityGate, digests: list[str], score: Score,
+            stored: Callable[[list[str], str], dict[str, Assessment]] | None = None) -> tuple[dict, dict, set[str]]:
+    """The gate's cascade over ``digests``, the one both engines run: ``(no-think, think, fresh)``. ``stored(digests,
+    mode)`` answers what it holds (a backend error is retried), ``score(digests, think)`` makes the rest; ``fresh``
+    holds the digests with a reading made here."""
+    fresh: set[str] = set()
+
+    def read(keys: list[str], think: bool) -> dict[str, Assessment]:
+        held = stored(keys, "think" if think else "no-think") if stored and keys else {}
+        readings = {d: a for d, a in held.items() if a.status != "backend_error"}
+        missing = [d for d in keys if d not in readings]
+        if missing:
+            readings.update(score(missing, think))
+            fresh.update(missing)
+        return readings
+
+    fast, think = gate.readings(digests, read)
+    return fast, think, fresh
 
 
 def _read(item: Input, store_digest: str | None) -> tuple[str | None, bytes | None, str | None]:
@@ -108,28 +145,17 @@ class FilterRun:
                                 if stat is not None and digest is not None and cached is None)
         return read
 
-    def _readings(self, wanted: dict[str, Input], contents: dict[str, bytes | None], think: bool,
-                  fresh: set[str]) -> dict[str, Assessment]:
-        """The wanted digests' readings: the store's, and the rest scored and committed now (added to ``fresh``)."""
-        mode = "think" if think else "no-think"
-        stored = self.store.readings(wanted, self.key, mode)
-        readings = {d: a for d, a in stored.items() if a.status != "backend_error"}  # those are retried
-        missing = [d for d in wanted if d not in readings]
-        if not missing:
-            return readings
-        sources = []
-        for digest in missing:
-            content = contents.get(digest)
-            if content is None:
-                with open(wanted[digest].path, "rb") as handle:
-                    content = contents[digest] = handle.read()
-            source = io.BytesIO(content)
-            source.name = wanted[digest].path  # the label the assessment carries
-            sources.append(source)
-        scored = dict(zip(missing, self.gate.score(sources, think=think)))
-        self.store.save_readings(self.key, scored)
-        fresh.update(missing)
-        return {**readings, **scored}
+    def _stored(self, digests: list[str], mode: str) -> dict[str, Assessment]:
+        return self.store.readings(digests, self.key, mode)
+
+    def _score(self, first: dict[str, Input], contents: dict[str, bytes]) -> Score:
+        """How the readings the store lacks are made: by the gate, here (committed as they come)."""
+        def score(digests: list[str], think: bool) -> dict[str, Assessment]:
+            scored = score_sources(self.gate, {d: (first[d].path, contents.get(d)) for d in digests}, think)
+            self.store.save_readings(self.key, scored)
+            return scored
+
+        return score
 
     def _chunk(self, chunk: list[Input]) -> Iterator[Outcome]:
         read = self._hash(chunk)
@@ -138,9 +164,7 @@ class FilterRun:
         for item, (digest, _, _) in zip(chunk, read):
             if digest is not None:
                 first.setdefault(digest, item)
-        fresh: set[str] = set()
-        fast, think = self.gate.readings(
-            list(first), lambda digests, think: self._readings({d: first[d] for d in digests}, contents, think, fresh))
+        fast, think, fresh = cascade(self.gate, list(first), self._score(first, contents), self._stored)
         outcomes = [self._decide(item, digest, error, fast, think, fresh)
                     for item, (digest, _, error) in zip(chunk, read)]
         self.store.save_results(self.key, [self._row(o) for o in outcomes])
@@ -175,9 +199,7 @@ class FilterRun:
     def _decide(self, item: Input, digest: str | None, error: str | None, fast: dict, think: dict,
                 fresh: set[str]) -> Outcome:
         if digest is None:
-            unread = Assessment(source=item.path, status="image_error", error=error, model=self.config["model"],
-                                mode="think" if self.gate.mode == "think" else "no-think")
-            verdict = self.gate.decide(unread, None)
+            verdict = unread_verdict(self.gate, item.path, error, self.config["model"])
         else:
             verdict = self.gate.decide(fast.get(digest), think.get(digest))
         summary = self.summary
@@ -191,10 +213,20 @@ class FilterRun:
         return Outcome(item, digest, verdict)
 
     def _row(self, outcome: Outcome) -> dict:
-        verdict, assessment = outcome.verdict, outcome.verdict.assessment
-        return {"path": outcome.input.path, "digest": outcome.digest, "status": assessment.status,
-                "score": assessment.score, "passed": verdict.passed, "stage": verdict.stage,
-                "flagged": verdict.flagged, "note": verdict.note, "mode": assessment.mode,
-                "threshold": self.gate.threshold, "gate": self.gate.mode, "model": self.config["model"],
-                "reasoning": assessment.reasoning, "error": assessment.error}
+        return verdict_row(outcome.input.path, outcome.digest, outcome.verdict, self.gate, self.config["model"])
 
+
+def unread_verdict(gate: QualityGate, path: str, error: str | None, model: str) -> Verdict:
+    """The verdict on a file that could not be read."""
+    unread = Assessment(source=path, status="image_error", error=error, model=model,
+                        mode="think" if gate.mode == "think" else "no-think")
+    return gate.decide(unread, None)
+
+
+def verdict_row(path: str, digest: str | None, verdict: Verdict, gate: QualityGate, model: str) -> dict:
+    """One input's result row, as the store keeps it (both engines)."""
+    assessment = verdict.assessment
+    return {"path": path, "digest": digest, "status": assessment.status, "score": assessment.score,
+            "passed": verdict.passed, "stage": verdict.stage, "flagged": verdict.flagged, "note": verdict.note,
+            "mode": assessment.mode, "threshold": gate.threshold, "gate": gate.mode, "model": model,
+            "reasoning": assessment.reasoning, "error": assessment.error}

@@ -109,7 +109,10 @@ class QualityGate:
         """Score ``images`` in one mode, counting the images the model saw; nothing is loaded for an empty list."""
         if not images:
             return []
-        results = self.scorer.assess_batch(images, think=think)
+        return self.count(self.scorer.assess_batch(images, think=think), think)
+
+    def count(self, results: list[Assessment], think: bool) -> list[Assessment]:
+        """Count ``results`` (made by this gate's scorer, here or elsewhere) as images the model saw."""
         self.calls["think" if think else "no-think"] += sum(r.status != "image_error" for r in results)
         return results
 
