@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable
 
@@ -68,7 +69,7 @@ class ComfyHost:
         return not args.disable_metadata
 
 
-    def on_unload(self, release: Callable[[], object]) -> None:
+    def on_unload(self, release: Callable[[], int]) -> None:
         """Make ComfyUI's "Unload models" (``/free``, ``comfy.model_management.unload_all_models``) call
         ``release`` too. ComfyUI has no registry for models it did not load, so this wraps that function, once."""
         import comfy.model_management
@@ -79,7 +80,9 @@ class ComfyHost:
 
         @functools.wraps(original)
         def unload_all_models(*args, **kwargs):
-            release()
+            freed = release()
+            if freed:
+                logging.getLogger(__name__).info("QPonder: freed %d model(s) (Unload models)", freed)
             return original(*args, **kwargs)
 
         unload_all_models.qponder_release = release

@@ -1,0 +1,242 @@
+"""The node pack in two real ComfyUI servers, one at a time: ComfyUI 0.30.0 (V3 schema, ExecutionBlocker), with
+this repository cloned into custom_nodes/, and the early-2024 ComfyUI (V1 only), with the pack linked in by
+``qponder comfyui install``. The API-format example workflows run on the AGIQA sample images and a broken file.
+
+Both servers run in this Python (its comfyui-test extra); their trees come from scripts/comfyui-env's cache."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from qponder_plugin.cli import build
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "comfyui"
+SAMPLES = sorted((ROOT / "examples" / "images").glob("*.jpg"))
+NODE_IDS = ["QPonderModelLoader", "QPonderAssess", "QPonderGate", "QPonderRank", "QPonderSaveImage"]
+NEEDS = ["aiohttp", "torchsde", "einops", "kornia", "scipy", "yaml", "psutil", "av", "alembic", "spandrel"]
+
+
+class Server:
+    """A ComfyUI process on a free local port, driven as ComfyUI's own tests do."""
+
+    def __init__(self, name: str, command: list[str], cwd: Path, input_dir: Path, output_dir: Path, log: Path):
+        self.name, self.input, self.output, self.log = name, input_dir, output_dir, log
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        command += ["--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch"]
+        self.process = subprocess.Popen(command, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 240
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"ComfyUI {name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.get("/object_info/LoadImage")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"ComfyUI {name} did not answer within 240 s:\n{self.log_tail()}")
+                time.sleep(0.5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
+            return json.load(response)
+
+    def post(self, path: str, body: dict) -> bytes:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read()
+
+    def run(self, graph: dict, timeout: float = 600) -> dict:
+        """POST an API-format graph, poll /history until it is done, and return its history entry."""
+        prompt_id = json.loads(self.post("/prompt", {"prompt": graph}))["prompt_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry is not None and entry.get("status", {}).get("completed") is not None:
+                return entry
+            time.sleep(0.3)
+        pytest.fail(f"prompt {prompt_id} not done within {timeout} s:\n{self.log_tail()}")
+
+    def saved(self, prefix: str) -> list[Path]:
+        return sorted(self.output.glob(f"{prefix}_*.png"))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def comfyui_tree(name: str) -> Path:
+    """The cached server tree (fetched on first use); the test skips, saying why, when it cannot be had."""
+    missing = [module for module in NEEDS if not _importable(module)]
+    if missing:
+        pytest.skip(f"ComfyUI's requirements are not installed here ({', '.join(missing)}): "
+                    "pip install -e '.[comfyui-test]' (the dev extra includes it)")
+    done = subprocess.run([str(ROOT / "scripts" / "comfyui-env"), name], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable})
+    if done.returncode != 0:
+        pytest.skip(f"scripts/comfyui-env {name} could not fetch the ComfyUI tree: {done.stderr.strip()[-800:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.fixture(scope="module", params=["current", "v1"])
+def server(request, tmp_path_factory):
+    """One server at a time: ComfyUI 0.30.0 with the repository cloned in, then the early-2024 one with the
+    pip-installed pack linked in by ``qponder comfyui install``."""
+    tree, home = comfyui_tree(request.param), tmp_path_factory.mktemp(f"comfyui-{request.param}")
+    if request.param == "current":
+        base = home / "base"
+        for folder in ("custom_nodes", "input", "output", "front-end"):
+            (base / folder).mkdir(parents=True)
+        (base / "custom_nodes" / "qponder-plugin").symlink_to(ROOT, target_is_directory=True)  # the clone way
+        command = [sys.executable, str(tree / "main.py"), "--base-directory", str(base), "--front-end-root",
+                   str(base / "front-end"), "--disable-api-nodes", "--database-url", "sqlite:///:memory:"]
+        cwd, input_dir, output_dir = base, base / "input", base / "output"
+    else:
+        comfy = home / "ComfyUI"
+        shutil.copytree(tree, comfy, symlinks=True)  # 5 MB: the old server writes into its own tree
+        installed = CliRunner().invoke(build(), ["comfyui", "install", str(comfy)])  # the pip way
+        assert installed.exit_code == 0, installed.output
+        command = [sys.executable, str(comfy / "main.py")]
+        cwd, input_dir, output_dir = comfy, comfy / "input", comfy / "output"
+    for sample in SAMPLES:
+        shutil.copy(sample, input_dir)
+    (input_dir / "broken.jpg").write_bytes(SAMPLES[0].read_bytes()[:600])  # a JPEG cut off after its header
+    running = Server(request.param, command, cwd, input_dir, output_dir, home / "server.log")
+    yield running
+    running.stop()
+
+
+def example(name: str, **changes) -> dict:
+    """An API-format example workflow, with ``{"node.input": value}`` changes."""
+    graph = json.loads((EXAMPLES / f"{name}.api.json").read_text())
+    for key, value in changes.items():
+        node, field = key.split("__")
+        graph[node]["inputs"][field] = value
+    return graph
+
+
+def ui_text(entry: dict, node: str) -> str:
+    return "\n".join(entry["outputs"][node]["text"])
+
+
+def metadata(path: Path) -> dict:
+    with Image.open(path) as image:
+        return dict(image.text)
+
+
+def test_the_five_nodes_are_registered(server):
+    info = server.get("/object_info")
+    for node_id in NODE_IDS:
+        assert info[node_id]["category"] == "image/quality", node_id
+    assert info["QPonderGate"]["output_name"][:5] == ["passed", "rejected", "scores", "passed_count",
+                                                       "rejected_count"]
+    assert info["QPonderSaveImage"]["output_node"] is True
+
+
+def test_gate_before_save_saves_each_side_with_its_score(server):
+    entry = server.run(example("gate-before-save", **{"5__filename_prefix": "gate/passed",
+                                                      "6__filename_prefix": "gate/rejected"}))
+    assert entry["status"]["status_str"] == "success", server.log_tail()
+    lines = ui_text(entry, "4").splitlines()
+    assert lines[0].startswith("#1 ") and lines[0].endswith("passed") and lines[1].endswith("rejected")
+    (passed,), (rejected,) = server.saved("gate/passed"), server.saved("gate/rejected")
+    assert float(metadata(passed)["qponder_score"]) >= 3.0 > float(metadata(rejected)["qponder_score"])
+    assert json.loads(metadata(passed)["prompt"])["4"]["class_type"] == "QPonderGate"  # ComfyUI's own chunk
+
+
+def test_an_all_rejected_batch_saves_nothing_on_the_passed_side(server):
+    graph = example("gate-before-save", **{"4__threshold": 4.5, "5__filename_prefix": "none/passed",
+                                           "6__filename_prefix": "none/rejected"})
+    entry = server.run(graph)
+    if server.name == "current":  # ExecutionBlocker: the passed side's SaveImage does not run, the rest does
+        assert entry["status"]["status_str"] == "success", server.log_tail()
+        assert "5" not in entry["outputs"] and "6" in entry["outputs"]
+        assert server.saved("none/passed") == [] and len(server.saved("none/rejected")) == 2
+        assert all(float(metadata(p)["qponder_score"]) < 4.5 for p in server.saved("none/rejected"))
+    else:  # no ExecutionBlocker: the documented fallback stops the prompt at the gate, with a clear error
+        assert entry["status"]["status_str"] == "error"
+        events = dict(entry["status"]["messages"])
+        assert events["execution_error"]["node_type"] == "QPonderGate"
+        assert "no image passed the threshold 4.5 (0 passed, 2 rejected)" in events["execution_error"][
+            "exception_message"]
+        assert server.saved("none/passed") == server.saved("none/rejected") == []
+
+
+def test_the_interrupt_fallback_ends_the_prompt_quietly(server):
+    entry = server.run(example("gate-before-save", **{
+        "4__threshold": 4.6, "4__without_blocker": "interrupt", "5__filename_prefix": "stop/passed",
+        "6__filename_prefix": "stop/rejected"}))
+    events = dict(entry["status"]["messages"])
+    if server.name == "current":  # with ExecutionBlocker the option has nothing to do: only the empty side stops
+        assert entry["status"]["status_str"] == "success" and "execution_interrupted" not in events
+        assert server.saved("stop/passed") == [] and len(server.saved("stop/rejected")) == 2
+    else:
+        assert events["execution_interrupted"]["node_type"] == "QPonderGate" and "execution_error" not in events
+        assert server.saved("stop/passed") == server.saved("stop/rejected") == []
+
+
+def test_score_and_save_writes_score_and_reasoning(server):
+    entry = server.run(example("score-and-save", **{"4__filename_prefix": "scored/img"}))
+    assert entry["status"]["status_str"] == "success", server.log_tail()
+    (saved,) = server.saved("scored/img")
+    chunks = metadata(saved)
+    assert 1.0 <= float(chunks["qponder_score"]) <= 5.0 and len(chunks["qponder_reasoning"]) > 20
+    assert f"{float(chunks['qponder_score']):.2f}" in ui_text(entry, "3")
+
+
+def test_rank_top_k_saves_the_best_two_best_first(server):
+    entry = server.run(example("rank-top-k", **{"8__filename_prefix": "rank/best"}))
+    assert entry["status"]["status_str"] == "success", server.log_tail()
+    first, second = server.saved("rank/best")
+    assert float(metadata(first)["qponder_score"]) >= float(metadata(second)["qponder_score"])
+    assert "rank 1" in ui_text(entry, "7") and "#2 " not in ui_text(entry, "7")  # glide (#2) scores lowest
+
+
+def test_a_broken_file_fails_at_its_loader_and_saves_nothing(server):
+    entry = server.run(example("score-and-save", **{"1__image": "broken.jpg", "4__filename_prefix": "broken/img"}))
+    events = dict(entry["status"]["messages"])
+    assert entry["status"]["status_str"] == "error" and events["execution_error"]["node_id"] == "1"
+    assert server.saved("broken/img") == [] and "3" not in entry["outputs"]
+
+
+def test_unload_models_frees_the_model_and_the_next_prompt_loads_it_again(server):
+    server.run(example("gate-before-save", **{"5__filename_prefix": "unload/a", "6__filename_prefix": "unload/b"}))
+    server.post("/free", {"unload_models": True})
+    deadline = time.monotonic() + 60
+    while "QPonder: freed" not in server.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.3)
+    entry = server.run(example("gate-before-save", **{"4__threshold": 3.1, "5__filename_prefix": "unload/c",
+                                                      "6__filename_prefix": "unload/d"}))
+    assert entry["status"]["status_str"] == "success" and len(server.saved("unload/c")) == 1
