@@ -49,9 +49,20 @@ def register_commands(cli):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (the last line).")
 @click.option("--export", type=click.Path(dir_okay=False),
               help="Write the store's rows to a .jsonl, .csv or .parquet manifest (SOURCES optional).")
+@click.option("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
+              help="local: one backend here; ray: Ray Data over an actor pool, one backend per actor.")
+@click.option("--address", help="Ray: the cluster to join (default: $RAY_ADDRESS, else a local one).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Ray: actors.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="Ray: GPUs per actor (0: one CPU each).")
+@click.option("--output", type=click.Path(file_okay=False),
+              help="Ray: write parquet shards and a record of finished input shards here instead of the store; "
+              "SOURCES may then include WebDataset .tar shards.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="With --output: files per input shard of a folder or list (the unit a rerun skips).")
 def filter_command(sources, threshold, keep, reject, how, store, report, model, backend, base_url, api_key_env,
                    backend_settings, gate_mode, margin, on_error, include, exclude, write_metadata, batch_size,
-                   as_json, export):
+                   as_json, export, engine, address, workers, gpus_per_worker, output, shard_size):
     """Score SOURCES (folders, image files, or lists of paths in .txt/.csv/.parquet) and place each image into
     --keep or --reject. Results are committed to the store before any file is placed, so a killed run resumes
     with the same command.
@@ -64,6 +75,7 @@ def filter_command(sources, threshold, keep, reject, how, store, report, model, 
     from ..gate import QualityGate
     from ..manifest import export_manifest
     from ..placement import PlacementError, check_writable
+    from ..ray_engine import RayFilterRun, RayOptions
     from ..registry import get_backends
     from ..report import write_report
     from ..scorer import ModelNotFoundError
@@ -80,17 +92,23 @@ def filter_command(sources, threshold, keep, reject, how, store, report, model, 
         raise click.UsageError("--write-metadata needs pyexiv2 (pip install 'qponder-plugin[filter]')")
     if backend and backend not in get_backends():
         raise click.UsageError(f"unknown backend {backend!r}; installed: {', '.join(sorted(get_backends()))}")
+    _check_engine(engine, address, workers, gpus_per_worker, output, keep, reject, report, write_metadata, export,
+                  sources)
     try:
-        inputs = collect_inputs(sources, include, exclude)
+        inputs = collect_inputs([s for s in sources if not s.lower().endswith(".tar")], include, exclude)
         for folder in (keep, reject):
             if folder and sources:
                 check_writable(folder)
     except (ValueError, PlacementError) as exc:
         raise click.UsageError(str(exc)) from exc
-    if sources and not inputs:
+    if sources and not inputs and not output:
         raise click.UsageError("no image files found in the given sources")
     summary: dict = {"store": store}
     settings = engine_options(base_url, api_key_env, backend_settings)
+    ray_options = RayOptions(address, workers, gpus_per_worker, batch_size) if engine == "ray" else None
+    if output:
+        _filter_to_parquet(sources, threshold, model, backend, settings, gate_mode, margin, on_error, include,
+                           exclude, batch_size, output, shard_size, ray_options, as_json)
     with ResultStore(store) as results:
         if sources:
             try:
@@ -100,13 +118,15 @@ def filter_command(sources, threshold, keep, reject, how, store, report, model, 
                 raise usage_error(exc) from exc
             with QualityGate(threshold, model=model, backend=backend, mode=gate_mode, margin=margin,
                              on_error=on_error, batch_size=batch_size, **settings) as gate:
-                run = FilterRun(results, gate, config, keep=keep, reject=reject, how=how, chunk_size=batch_size * 4,
-                                write_metadata=write_metadata)
+                placing = {"keep": keep, "reject": reject, "how": how, "chunk_size": batch_size * 4,
+                           "write_metadata": write_metadata}
+                run = RayFilterRun(results, gate, config, ray_options, **placing) if engine == "ray" else \
+                    FilterRun(results, gate, config, **placing)
                 try:
                     todo = run.settle(inputs)
                     for _ in with_progress(run.outcomes(todo), len(todo)):
                         pass
-                except (PlacementError, BackendError) as exc:
+                except (PlacementError, BackendError, RuntimeError) as exc:
                     raise click.ClickException(f"{exc}; the store is consistent: fix it and run again") from exc
             summary = {**run.summary.to_dict(), **summary}
             if report:
@@ -119,6 +139,46 @@ def filter_command(sources, threshold, keep, reject, how, store, report, model, 
                 raise click.UsageError(str(exc)) from exc
     _print_summary(summary, as_json)
     sys.exit(1 if summary.get("failed") else 0)
+
+
+def _check_engine(engine, address, workers, gpus_per_worker, output, keep, reject, report, write_metadata, export,
+                  sources) -> None:
+    if engine != "ray" and (address or workers != 1 or gpus_per_worker or output):
+        raise click.UsageError("--address, --workers, --gpus-per-worker and --output need --engine ray")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise click.UsageError("--engine ray needs Ray Data (pip install 'qponder-plugin[ray]')")
+    if output and (keep or reject or report or write_metadata or export):
+        raise click.UsageError("--output writes parquet shards: --keep, --reject, --report, --write-metadata and "
+                               "--export work with the store (leave out --output)")
+    if not output and any(s.lower().endswith(".tar") for s in sources):
+        raise click.UsageError("WebDataset .tar shards are read with --engine ray --output DIR")
+
+
+def _filter_to_parquet(sources, threshold, model, backend, settings, gate_mode, margin, on_error, include, exclude,
+                       batch_size, output, shard_size, options, as_json) -> None:
+    """``--output``: Ray writes parquet shards; the summary is printed and the command exits here."""
+    from ..fingerprint import scoring_config
+    from ..gate import QualityGate
+    from ..ray_engine import filter_to_parquet
+    from ..scorer import ModelNotFoundError
+
+    try:
+        config = scoring_config(model, backend=backend, max_pixels=DEFAULT_MAX_PIXELS, settings=settings)
+    except (ModelNotFoundError, KeyError) as exc:
+        raise usage_error(exc) from exc
+    gate = QualityGate(threshold, model=model, backend=backend, mode=gate_mode, margin=margin, on_error=on_error,
+                       batch_size=batch_size, **settings)
+    try:
+        summary = filter_to_parquet(list(sources), gate, config, output, options, shard_size, include, exclude)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(f"{exc}; finished shards are kept: run again to resume") from exc
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"{summary['total']} images in {summary['shards'] - summary['skipped']} shards "
+                   f"({summary['skipped']} finished before): {summary['kept']} kept, {summary['rejected']} rejected, "
+                   f"{summary['failed']} failed. Output: {output}")
+    sys.exit(1 if summary["failed"] else 0)
 
 
 def _print_summary(summary: dict, as_json: bool) -> None:
