@@ -162,6 +162,9 @@ def test_the_five_nodes_are_registered(server):
     assert info["QPonderGate"]["output_name"][:5] == ["passed", "rejected", "scores", "passed_count",
                                                        "rejected_count"]
     assert info["QPonderSaveImage"]["output_node"] is True
+    if server.name == "current":  # served by the V3 schema: its node info carries the V3-only fields
+        assert {"price_badge", "output_matchtypes"} <= set(info["QPonderGate"])
+        assert "price_badge" not in info["SaveImage"]  # a V1 node of the same server, for contrast
 
 
 def test_gate_before_save_saves_each_side_with_its_score(server):
