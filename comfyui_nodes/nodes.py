@@ -148,8 +148,8 @@ def load_model(model: str, custom_model: str, backend: str, device: str, think: 
                keep_loaded: bool) -> Result:
     name = custom_model.strip() or host.llm_folders().get(model, model)
     settings = ModelSettings(None if name == "nano" else name, backend, device, think, keep_loaded)
-    scorer_for(settings)  # load now, so a bad model fails at this node
-    models.done_with(settings)
+    if keep_loaded:
+        scorer_for(settings)  # load now, so a bad model fails at this node (else the nodes load it when they run)
     return Result((settings,))
 
 

@@ -204,7 +204,7 @@ def test_model_loader_loads_and_returns_settings(host, smoke_model):
     assert settings == ModelSettings(str(smoke_model), "transformers", "cpu", False, True)
     assert models.loaded() == [settings.key]
     (default,) = nodes.load_model("nano", "", "transformers", "auto", True, False).values
-    assert default.model is None and models.loaded() == [settings.key]  # nano loaded, then freed (keep_loaded off)
+    assert default.model is None and models.loaded() == [settings.key]  # keep_loaded off: loaded by the nodes
 
 
 def test_v1_classes_carry_the_node_ids_and_run_the_shared_nodes(host, fast):
