@@ -10,11 +10,11 @@ from click.testing import CliRunner
 
 pytest.importorskip("trl", reason="needs the train extra")
 
+from qponder_plugin.training.settings import SettingError, resolve_training_model, typed_settings  # noqa: E402
 from trl import GRPOConfig, SFTConfig  # noqa: E402
 
 from qponder_plugin.cli import build  # noqa: E402
 from qponder_plugin.scorer import NANO  # noqa: E402
-from qponder_plugin.training.settings import SettingError, resolve_training_model, typed_settings  # noqa: E402
 
 
 def invoke(*args):

@@ -25,13 +25,13 @@ def _load_config(ctx: click.Context, _param, path: str | None):
     return path
 
 
-def _trainer_args(ctx: click.Context, pairs: tuple[str, ...], config_class: type) -> dict:
-    """The config file's ``args`` and the ``--arg`` pairs (which win), typed by the ``config_class`` fields."""
+def _trainer_args(ctx: click.Context, pairs: tuple[str, ...], config_class: type, key: str = "args") -> dict:
+    """The config file's ``key`` mapping and the ``--arg`` pairs (which win), typed by the ``config_class`` fields."""
     import yaml
 
     from .settings import SettingError, typed_settings
 
-    args = dict((ctx.default_map or {}).get("args") or {})
+    args = dict((ctx.default_map or {}).get(key) or {})
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
@@ -57,8 +57,10 @@ def model_option(help_text: str):
                         "folder or a hub id. Default: $QPONDER_MODEL, else the bundled nano model.")
 
 
-def data_options(function):
+def data_options(function=None, *, with_split: bool = True):
     """--data, --dataset, --image-root, --split, --score-range: where the MOS labels come from."""
+    if function is None:
+        return lambda f: data_options(f, with_split=with_split)
     options = [
         click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
                      help="Label file: CSV/JSONL (image, mos[, std, group, split]) or a benchmark's label file."),
@@ -68,6 +70,8 @@ def data_options(function):
         click.option("--split", help="Keep only rows of this split (e.g. train, val) when the file has one."),
         click.option("--score-range", nargs=2, type=float, help="Native MOS range LOW HIGH (needed for csv/jsonl)."),
     ]
+    if not with_split:
+        del options[3]
     for option in reversed(options):
         function = option(function)
     return function
@@ -199,6 +203,71 @@ def grpo(ctx, data, dataset, image_root, split, score_range, model, output, rewa
     except (KeyError, ValueError) as exc:
         raise click.UsageError(str(exc).strip("'\"")) from exc
     click.echo(f"saved {path}")
+
+
+@train.command("run")
+@data_options(with_split=False)
+@model_option("Base checkpoint")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (rerun to resume).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_config, is_eager=True,
+              expose_value=False, help="YAML of option values, plus `sft_args:` and `grpo_args:` trainer fields.")
+@click.option("--teacher", default="measured", show_default=True,
+              help="Registered teacher for the cold start: measured (no model) or backend (--teacher-model).")
+@click.option("--teacher-model", help="The backend teacher's checkpoint (hub id, folder, or server model name).")
+@click.option("--val-fraction", type=click.FloatRange(0.01, 0.9), default=0.15, show_default=True,
+              help="Share of groups held out when the file has no train/val split.")
+@click.option("--lora/--full", default=None, help="Default: LoRA for large models, full for small ones.")
+@click.option("--vision-lr", "vision_learning_rates", type=float, nargs=2, metavar="BLOCKS MERGER",
+              help="The vision tower's rates (default for small models: 1e-5 1e-4; large ones keep it frozen).")
+@click.option("--rewards", default="format,accuracy,consistency", show_default=True)
+@click.option("--reward-weights", help="Comma-separated weights, one per reward (default: all 1).")
+@click.option("--sft-arg", "sft_pairs", multiple=True, metavar="KEY=VALUE", help="An SFTConfig field.")
+@click.option("--grpo-arg", "grpo_pairs", multiple=True, metavar="KEY=VALUE", help="A GRPOConfig field.")
+@click.option("--max-new-tokens", type=int, default=512, show_default=True, help="Reasoning budget in the evals.")
+@click.pass_context
+def run_command(ctx, data, dataset, image_root, score_range, model, out, teacher, teacher_model, val_fraction, lora,
+                vision_learning_rates, rewards, reward_weights, sft_pairs, grpo_pairs, max_new_tokens):
+    """Fine-tune in one command: distill → SFT → GRPO → export, with the base model and each stage evaluated on a
+    held-out split and a before/after table. Rerun the same command to resume; finished stages are skipped."""
+    from trl import GRPOConfig, SFTConfig
+
+    from .pipeline import Run, RunSettings
+    from .registry import get_teachers
+
+    sft_args = _trainer_args(ctx, sft_pairs, SFTConfig, key="sft_args")
+    grpo_args = _trainer_args(ctx, grpo_pairs, GRPOConfig, key="grpo_args")
+    teachers = get_teachers()
+    if teacher not in teachers:
+        raise click.UsageError(f"unknown teacher {teacher!r}; registered: {', '.join(sorted(teachers))}")
+    if teacher == "backend" and not teacher_model:
+        raise click.UsageError("--teacher-model is required for the backend teacher")
+    records = read_records(data, dataset, image_root, None, score_range)
+    settings = RunSettings(teacher=teacher, teacher_model=teacher_model, val_fraction=val_fraction, lora=lora,
+                           vision_learning_rates=vision_learning_rates, rewards=tuple(rewards.split(",")),
+                           reward_weights=tuple(float(w) for w in reward_weights.split(",")) if reward_weights
+                           else None, sft_args=sft_args, grpo_args=grpo_args, max_new_tokens=max_new_tokens)
+    instance = teachers[teacher](teacher_model)
+    try:
+        summary = Run(records, model, out, settings, instance, say=lambda text: click.echo(text, err=True))()
+    except (KeyError, ValueError) as exc:
+        raise click.UsageError(str(exc).strip("'\"")) from exc
+    finally:
+        getattr(instance, "close", lambda: None)()
+    _print_table(summary)
+    click.echo(json.dumps(summary))
+
+
+def _print_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['model']} on {summary['val']} held-out images (trained on {summary['train']})")
+    for column in ("stage", "SRCC", "PLCC", "parse failures", "n"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for row in summary["table"]:
+        cells = [row["srcc"], row["plcc"], row["parse_failures"]]
+        table.add_row(row["stage"], *("—" if v is None else f"{v:.3f}" for v in cells), str(row["n"]))
+    Console(stderr=True).print(table)
 
 
 @train.command("export")
