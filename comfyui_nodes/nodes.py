@@ -108,19 +108,24 @@ def scorer_for(settings: ModelSettings):
     return models.scorer_for(settings)
 
 
-def assess_frames(settings: ModelSettings, frames: list, *, think: bool) -> list[Assessment]:
-    """Score ``frames`` one scorer batch at a time, advancing the progress bar and honouring Cancel."""
+def in_batches(settings: ModelSettings, frames: list, score: Callable) -> list:
+    """``score(scorer, chunk)`` over ``frames`` one scorer batch at a time, advancing ComfyUI's progress bar per
+    image and honouring Cancel between batches."""
     scorer = scorer_for(settings)
     step, results = host.progress(len(frames)), []
     try:
         for begin in range(0, len(frames), scorer.batch_size):
             host.check_interrupted()
-            for assessment in scorer.iter_assess(frames[begin:begin + scorer.batch_size], think=think):
-                results.append(assessment)
+            for result in score(scorer, frames[begin:begin + scorer.batch_size]):
+                results.append(result)
                 step()
     finally:
         models.done_with(settings)
     return results
+
+
+def assess_frames(settings: ModelSettings, frames: list, *, think: bool) -> list[Assessment]:
+    return in_batches(settings, frames, lambda scorer, chunk: scorer.iter_assess(chunk, think=think))
 
 
 def score_value(assessment: Assessment) -> float:
@@ -162,18 +167,8 @@ def assess(images, model: ModelSettings | None = None) -> Result:
 
 def gate(images, threshold: float, mode: str, without_blocker: str, model: ModelSettings | None = None) -> Result:
     settings = model or models.DEFAULT
-    frames = frames_of(images)
-    scorer = scorer_for(settings)
-    quality_gate = QualityGate(threshold, scorer=scorer, mode=mode)
-    step, verdicts = host.progress(len(frames)), []
-    try:
-        for begin in range(0, len(frames), scorer.batch_size):
-            host.check_interrupted()
-            for _, verdict in quality_gate.verdicts(frames[begin:begin + scorer.batch_size]):
-                verdicts.append(verdict)
-                step()
-    finally:
-        models.done_with(settings)
+    verdicts = in_batches(settings, frames_of(images), lambda scorer, chunk: (
+        verdict for _, verdict in QualityGate(threshold, scorer=scorer, mode=mode).verdicts(chunk)))
     passed = [i for i, v in enumerate(verdicts) if v.passed]
     rejected = [i for i, v in enumerate(verdicts) if not v.passed]
     text = [line(i, v.assessment, ("passed" if v.passed else "rejected") + (f" ({v.note})" if v.note else ""))

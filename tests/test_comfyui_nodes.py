@@ -135,12 +135,16 @@ def test_gate_without_a_blocker_can_interrupt_instead(host, fast):
     assert host.interrupted
 
 
-def test_cancel_stops_scoring_between_batches(host, smoke_model):
-    settings = ModelSettings(str(smoke_model), think=False)
-    scorer = models.scorer_for(settings)
+@pytest.mark.parametrize("run", [
+    lambda images, settings: nodes.assess(images, model=settings),
+    lambda images, settings: nodes.gate(images, 3.0, "fast", "error", model=settings),
+    lambda images, settings: nodes.rank(images, "top_k", 1, 0.5, model=settings),
+], ids=["assess", "gate", "rank"])
+def test_cancel_stops_scoring_between_batches(host, fast, run):
+    scorer = models.scorer_for(fast)
     host.interrupt_after = 1
     with pytest.raises(Interrupted):
-        nodes.assess(batch(*[0.5] * (scorer.batch_size + 1)), model=settings)
+        run(batch(*[0.5] * (scorer.batch_size + 1)), fast)
     assert host.steps == scorer.batch_size  # the first batch was scored, the second never started
 
 
