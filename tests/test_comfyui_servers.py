@@ -243,3 +243,32 @@ def test_unload_models_frees_the_model_and_the_next_prompt_loads_it_again(server
     entry = server.run(example("gate-before-save", **{"4__threshold": 3.1, "5__filename_prefix": "unload/c",
                                                       "6__filename_prefix": "unload/d"}))
     assert entry["status"]["status_str"] == "success" and len(server.saved("unload/c")) == 1
+
+
+def test_cancel_during_scoring_stops_the_assess_node(server):
+    """ComfyUI's Cancel (POST /interrupt) lands while QPonderAssess scores one of its first batches of 8 (of 24
+    images): the node itself stops before the next batch, so the interruption is reported at that node and nothing
+    behind it runs."""
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": SAMPLES[0].name}},
+        "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 24}},
+        "3": {"class_type": "QPonderModelLoader", "inputs": {"model": "nano", "custom_model": "", "backend":
+              "transformers", "device": "auto", "think": False, "keep_loaded": True}},
+        "4": {"class_type": "QPonderAssess", "inputs": {"images": ["2", 0], "model": ["3", 0]}},
+        "5": {"class_type": "QPonderSaveImage", "inputs": {"images": ["2", 0], "scores": ["4", 0],
+                                                           "filename_prefix": "cancel/img"}},
+    }
+    server.run(example("gate-before-save", **{"5__filename_prefix": "cancel/warm", "6__filename_prefix":
+                                              "cancel/warm"}))  # the model is loaded: Cancel lands in scoring
+    prompt_id = json.loads(server.post("/prompt", {"prompt": graph}))["prompt_id"]
+    while not server.get("/queue")["queue_running"]:
+        time.sleep(0.1)
+    time.sleep(1.5)
+    server.post("/interrupt", {})
+    deadline = time.monotonic() + 300
+    while (entry := server.get(f"/history/{prompt_id}").get(prompt_id)) is None:
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.3)
+    events = dict(entry["status"]["messages"])
+    assert events["execution_interrupted"]["node_type"] == "QPonderAssess", events
+    assert server.saved("cancel/img") == []
