@@ -153,6 +153,11 @@ def _connect(options: RayOptions):
         raise RuntimeError("the ray engine needs Ray Data: pip install 'qponder-plugin[ray]'") from exc
     if not ray.is_initialized():
         ray.init(address=options.address, include_dashboard=False, logging_level="WARNING")
+    resource, each = ("GPU", options.gpus_per_worker) if options.gpus_per_worker else ("CPU", 1)
+    have = ray.cluster_resources().get(resource, 0)
+    if options.address is None and have < options.workers * each:  # a local cluster never grows: it would wait
+        raise RuntimeError(f"{options.workers} workers need {options.workers * each:g} {resource}s; this local "
+                           f"Ray cluster has {have:g}")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

@@ -265,3 +265,9 @@ def test_a_dead_worker_is_restarted_and_its_batch_retried_a_bounded_number_of_ti
         got = {path: (status, bool(passed), stage, score, digest) for path, status, passed, stage, score, digest
                in db.execute("SELECT path, status, passed, stage, score, digest FROM results")}
     same_verdicts(got, local)  # the batch that killed its worker was scored again: nothing dropped
+
+
+def test_more_workers_than_a_local_cluster_holds_is_an_error_not_a_wait(cluster, source, threshold, tmp_path):
+    result = invoke(source, "--threshold", threshold, "--store", tmp_path / "s.sqlite", "-m", "nano", "--engine",
+                    "ray", "--workers", 3)
+    assert result.exit_code == 1 and "3 workers need 3 CPUs; this local Ray cluster has 2" in result.output
