@@ -73,7 +73,7 @@ def test_assess_csv_table_and_no_think(smoke_model, images):
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert result.exit_code == 0 and len(rows) == 2
     assert {r["mode"] for r in rows} == {"no-think"} and all(1 <= float(r["score"]) <= 5 for r in rows)
-    table = invoke("assess", "-m", smoke_model, images, "--table")
+    table = invoke("assess", "-m", smoke_model, images, "--table", env={"COLUMNS": "250"})  # no folded paths
     assert table.exit_code == 0
     assert "dark.png" in table.stdout and "2 images: 2 ok, 0 failed" in table.stdout
 
