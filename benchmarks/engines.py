@@ -62,17 +62,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def server_flags(engine: dict) -> list[str]:
+    """Engine settings as server flags: ``--max-model-len 1024``, ``--enforce-eager``, ``--no-enable-...``."""
+    flags = []
+    for key, value in engine.items():
+        flag = key.replace("_", "-")
+        flags += [f"--{flag}"] if value is True else [f"--no-{flag}"] if value is False else [f"--{flag}", str(value)]
+    return flags
+
+
 @contextlib.contextmanager
-def vllm_server(model: str, *, port: int | None = None, startup: float = 300,
-                log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start ``vllm.entrypoints.openai.api_server`` for ``model`` (a folder); yield ``(base_url, process)``."""
-    port = port or free_port()
-    flags = ["--dtype", CPU_ENGINE["dtype"], "--enforce-eager", "--gpu-memory-utilization",
-             str(CPU_ENGINE["gpu_memory_utilization"]), "--max-model-len", str(CPU_ENGINE["max_model_len"])]
-    command = [str(engine_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host",
-               "127.0.0.1", "--port", str(port), "--limit-mm-per-prompt", '{"image": 1}', *flags]
+def vllm_server(model: str, *, engine: dict | None = None, python: str | None = None, env: dict | None = None,
+                startup: float = 300, log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start ``vllm.entrypoints.openai.api_server`` for ``model``; yield ``(base_url, process)``. By default vLLM
+    runs from the engine venv with :data:`CPU_ENGINE`; ``python``/``env``/``engine`` run another vLLM (a GPU's)."""
+    port = free_port()
+    command = [python or str(engine_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+               "--host", "127.0.0.1", "--port", str(port), "--limit-mm-per-prompt", '{"image": 1}',
+               *server_flags(CPU_ENGINE if engine is None else engine)]
     output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=engine_env(),
+    server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env or engine_env(),
                               start_new_session=True)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
