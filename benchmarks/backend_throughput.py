@@ -10,8 +10,7 @@ so images/s = 1000 / mean ``infer_ms``; the wall time of the whole ``assess_batc
 included) is shown beside it. Engine start-up and a warm-up on two images are outside every figure. vLLM's prefix
 caching and multimodal processor cache are off, offline and served: with both off, vLLM also names each image per
 request instead of by content hash, so its encoder cache cannot hand one run's vision-encoder outputs to the next
-(checked: re-scoring the same images gives 0 encoder-cache hits). The shared ``engines.vllm_server`` leaves prefix
-caching on, hence this script's own server start.
+(checked: re-scoring the same images gives 0 encoder-cache hits).
 
 On CPU, vLLM runs from the cached engine venv (``benchmarks/engines.py``) with the CPU settings; ``--gpu`` uses the
 vLLM installed in the current venv with its GPU defaults. This machine may be noisy: read the ratios.
@@ -34,11 +33,11 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from engines import CPU_ENGINE, engine_env, engine_python, free_port, stop
+import engines
+from engines import CPU_ENGINE, engine_env, engine_python, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path(__file__).resolve().parent
@@ -145,43 +144,13 @@ def run_offline(args: argparse.Namespace, model: str, images: list[str]) -> dict
     return json.loads(found[-1][len(RESULT):])
 
 
-def server_flags(engine: dict) -> list[str]:
-    """Engine settings as server flags: ``--max-model-len 1024``, ``--enforce-eager``, ``--no-enable-...``."""
-    flags = []
-    for key, value in engine.items():
-        flag = key.replace("_", "-")
-        flags += [f"--{flag}"] if value is True else [f"--no-{flag}"] if value is False else [f"--{flag}", str(value)]
-    return flags
-
-
 @contextlib.contextmanager
-def vllm_server(args: argparse.Namespace, model: str, startup: float = 1800) -> Iterator[str]:
-    """Start vLLM's OpenAI-compatible server on a free port with the benchmark's engine settings, caches off;
-    yield its base URL, stop it after."""
+def vllm_server(args: argparse.Namespace, model: str) -> Iterator[str]:
+    """vLLM's OpenAI-compatible server for ``model`` with this run's settings (caches off); yield its base URL."""
     python, env = engine_process(args.gpu)
-    port = free_port()
-    command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
-               "--port", str(port), "--limit-mm-per-prompt", '{"image": 1}', *server_flags(engine_settings(args.gpu))]
-    base_url = f"http://127.0.0.1:{port}/v1"
-    log = LOG_DIR / "backend_throughput-server.log"
-    with log.open("w") as output:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        try:
-            deadline = time.monotonic() + startup
-            while True:
-                if server.poll() is not None:
-                    raise SystemExit(f"the vLLM server exited with {server.returncode}; see {log}")
-                try:
-                    urllib.request.urlopen(f"{base_url}/models", timeout=2).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"the vLLM server did not start in {startup:.0f} s; see {log}") from None
-                    time.sleep(1)
-            yield base_url
-        finally:
-            stop(server)
+    with engines.vllm_server(model, engine=engine_settings(args.gpu), python=python, env=env, startup=1800,
+                             log=LOG_DIR / "backend_throughput-server.log") as (base_url, _):
+        yield base_url
 
 
 def run_server(args: argparse.Namespace, model: str, images: list[str]) -> list[dict]:
