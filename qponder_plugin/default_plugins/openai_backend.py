@@ -61,7 +61,6 @@ class OpenAIBackend(Backend):
         if not base_url:
             raise BackendError("the openai backend needs a server: pass --base-url URL (e.g. "
                                "http://127.0.0.1:8000/v1) or set OPENAI_BASE_URL")
-        # Local servers need no key; the client insists on one, so an unused placeholder stands in.
         self.model, self.base_url = model, base_url
         self.concurrency = max(1, concurrency)
         self.max_pixels = max_pixels or folder_pixel_budget(model)
@@ -69,7 +68,7 @@ class OpenAIBackend(Backend):
         self._thread = threading.Thread(target=self._loop.run_forever, name="qponder-openai", daemon=True)
         self._thread.start()
         self.client = None
-        try:
+        try:  # local servers need no key, but the client insists on one: a placeholder stands in
             self.client = self._run(self._client(os.environ.get(api_key_env) or "unused", timeout, max_retries))
             served = self._run(self._served_models())
             if served and model not in {m.id for m in served}:
