@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 TOP_LOGPROBS = 20  # the fallback on engines without logprob_token_ids
 
 
-def adapter_base(folder: str) -> str | None:
-    """The base model of a peft adapter folder, or None when ``folder`` is not an adapter."""
+def adapter_config(folder: str) -> dict | None:
+    """A peft adapter folder's ``adapter_config.json``, or None when ``folder`` is not an adapter."""
     config = Path(folder, "adapter_config.json")
-    return json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None
+    return json.loads(config.read_text()) if config.is_file() else None
 
 
 class VLLMBackend(Backend):
@@ -51,12 +51,14 @@ class VLLMBackend(Backend):
                  gpu_memory_utilization: float = 0.9, max_model_len: int = 8192, dtype: str = "auto",
                  enforce_eager: bool = False, trust_remote_code: bool = False, revision: str | None = None,
                  seed: int = 0, **engine_args):
-        if lora is None and adapter_base(model):
-            model, lora = adapter_base(model), model
+        adapter = adapter_config(lora or model)
+        if lora is None and adapter and adapter.get("base_model_name_or_path"):
+            model, lora = adapter["base_model_name_or_path"], model
         self.lora = None
         if lora:
-            rank = json.loads(Path(lora, "adapter_config.json").read_text()).get("r", 16)
-            engine_args.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
+            if adapter is None:
+                raise BackendError(f"{lora} is not a peft adapter folder (no adapter_config.json)")
+            engine_args.update(enable_lora=True, max_lora_rank=max(8, adapter.get("r", 16)), max_loras=1)
             self.lora = LoRARequest("qponder", 1, str(lora))
         self.processor = load_processor(model, trust_remote_code=trust_remote_code, revision=revision)
         try:
