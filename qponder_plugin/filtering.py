@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .fingerprint import config_key
 from .gate import QualityGate, Verdict
+from .images import read_bytes
 from .metadata import embed, embeddable, write_sidecar, xmp_fields
 from .placement import place, resume
 from .result import Assessment
@@ -97,10 +98,9 @@ def _read(item: Input, store_digest: str | None) -> tuple[str | None, bytes | No
     if store_digest is not None:
         return store_digest, None, None
     try:
-        with open(item.path, "rb") as handle:
-            content = handle.read()
+        content = read_bytes(item.path)
     except OSError as exc:
-        return None, None, f"{item.path}: {exc.strerror or exc}"
+        return None, None, read_error(item.path, exc)
     return hashlib.sha256(content).hexdigest(), content, None
 
 
@@ -214,6 +214,12 @@ class FilterRun:
 
     def _row(self, outcome: Outcome) -> dict:
         return verdict_row(outcome.input.path, outcome.digest, outcome.verdict, self.gate, self.config["model"])
+
+
+def read_error(path: str, exc: OSError) -> str:
+    """An unreadable input's error message, naming it once."""
+    message = exc.strerror or str(exc)
+    return message if path in message else f"{path}: {message}"
 
 
 def unread_verdict(gate: QualityGate, path: str, error: str | None, model: str) -> Verdict:

@@ -1,9 +1,10 @@
 """One loader for every image input (rule 4 of the house): every backend receives the same pixels.
 
-Accepted: a path, bytes, a binary file object, a PIL image, a numpy array (HWC or CHW; uint8, uint16, bool or
-float; gray, gray+alpha, RGB or RGBA), a torch tensor (including a ComfyUI ``[B,H,W,C]`` float batch in 0..1),
-or anything a plugin's image loader turns into one of those. The result is an 8-bit RGB PIL image with EXIF
-orientation applied, alpha flattened onto white, and at most ``max_pixels`` pixels (aspect ratio kept).
+Accepted: a path or URL (``https://``, ``s3://``, … through fsspec), bytes, a binary file object, a PIL image, a
+numpy array (HWC or CHW; uint8, uint16, bool or float; gray, gray+alpha, RGB or RGBA), a torch tensor (including a
+ComfyUI ``[B,H,W,C]`` float batch in 0..1), or anything a plugin's image loader turns into one of those. The result
+is an 8-bit RGB PIL image with EXIF orientation applied, alpha flattened onto white, and at most ``max_pixels``
+pixels (aspect ratio kept).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -22,7 +24,8 @@ from .registry import get_image_loaders
 # 1280 * 28 * 28: the usual Qwen2.5-VL budget (1,280 visual tokens).
 DEFAULT_MAX_PIXELS = 1_003_520
 
-ImageSource = Any  # path | bytes | file object | PIL.Image | np.ndarray | torch.Tensor
+ImageSource = Any  # path | URL | bytes | file object | PIL.Image | np.ndarray | torch.Tensor
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class ImageError(ValueError):
@@ -86,7 +89,36 @@ def describe(source: ImageSource) -> str:
     return f"<{type(source).__name__}>"
 
 
+def is_url(location: str) -> bool:
+    """Whether ``location`` is a URL (``scheme://…``) rather than a local path."""
+    return bool(URL.match(location))
+
+
+def read_bytes(location: str) -> bytes:
+    """The bytes of a local file or of a URL; fsspec fetches URLs (http(s) here, ``s3://`` with s3fs, ``gs://``
+    with gcsfs). Raises ``OSError`` with the location in its message when they cannot be read."""
+    if not is_url(location):
+        with open(location, "rb") as handle:
+            return handle.read()
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise OSError(f"{location}: reading URLs needs fsspec (pip install 'qponder-plugin[filter]')") from exc
+    try:
+        with fsspec.open(location, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError as exc:  # fsspec's message is the bare URL
+        raise OSError(f"{location}: not found") from exc
+    except Exception as exc:  # a filesystem's own errors (HTTP status, credentials, unknown protocol): one message
+        raise OSError(f"{location}: {type(exc).__name__}: {exc}") from exc
+
+
 def _load_path(path: str, max_pixels: int | None) -> Image.Image:
+    if is_url(path):
+        try:
+            return _load_file(io.BytesIO(read_bytes(path)), path, max_pixels)
+        except OSError as exc:
+            raise ImageError(f"cannot fetch {path} ({exc})") from exc
     if not os.path.exists(path):
         raise ImageError(f"{path}: no such file")
     if os.path.isdir(path):

@@ -6,8 +6,9 @@ ways:
 
 - :class:`RayFilterRun` feeds the local engine's SQLite store: the driver hashes and looks up as the local engine
   does, Ray scores what the store lacks, and each returned batch is committed, then placed, as locally.
-- :func:`filter_to_parquet` writes one parquet file per input shard (a chunk of a folder or list, or a WebDataset
-  tar) under a temporary name, renames it, then records the shard as finished; a rerun skips finished shards.
+- :func:`filter_to_parquet` writes one parquet file per input shard (a chunk of a folder, of a list or table of
+  paths or URLs, or a WebDataset tar) under a temporary name, renames it, then records the shard as finished; a
+  rerun skips finished shards.
 
 A dead actor is restarted and its batch retried at most ``max_retries`` times, then the run stops (committed work
 stays). Nothing drops rows: no ``max_errored_blocks``. Ray is imported lazily.
@@ -24,9 +25,10 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .filtering import FilterRun, Outcome, Score, cascade, score_sources, unread_verdict, verdict_row
+from .filtering import FilterRun, Outcome, Score, cascade, read_error, score_sources, unread_verdict, verdict_row
 from .fingerprint import config_key
 from .gate import QualityGate
+from .images import read_bytes
 from .result import Assessment
 from .sources import Input, collect_inputs
 from .store import assessment_from_json
@@ -111,10 +113,9 @@ class VerdictActor:
             content, error = row["data"], None
             if not content:
                 try:
-                    with open(row["path"], "rb") as handle:
-                        content = handle.read()
+                    content = read_bytes(row["path"])
                 except OSError as exc:
-                    content, error = None, f"{row['path']}: {exc.strerror or exc}"
+                    content, error = None, read_error(row["path"], exc)
             digest = hashlib.sha256(content).hexdigest() if content is not None else None
             read.append((digest, error))
             if digest is not None:
@@ -248,7 +249,7 @@ class RayFilterRun(FilterRun):
 
 @dataclass(frozen=True)
 class Shard:
-    """One input shard: a chunk of a folder's or list's files (``inputs``), or a WebDataset ``tar``."""
+    """One input shard: a chunk of a folder's or list's files or URLs (``inputs``), or a WebDataset ``tar``."""
 
     id: str
     source: str

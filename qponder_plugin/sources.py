@@ -1,8 +1,9 @@
-"""The filter's inputs: image folders (recursive), image files, and list files of paths.
+"""The filter's inputs: image folders (recursive), image files, URLs, and list files of paths or URLs.
 
-A list file is a ``.txt``/``.lst`` file (one path per line; ``#`` starts a comment), a ``.csv`` file with a path
-column (``path``, ``image``, ``file``, ``filename`` or ``source``; else its first column), or a ``.parquet`` file
-with such a column (when pyarrow is installed). Relative paths in a list are relative to the list file.
+A list file is a ``.txt``/``.lst`` file (one entry per line; ``#`` starts a comment), a ``.csv`` file with a path
+column (``path``, ``image``, ``file``, ``filename``, ``source`` or ``url``; else its first column), or a ``.parquet``
+file with such a column (when pyarrow is installed). Relative paths in a list are relative to the list file; a URL
+(``https://``, ``s3://``, …) is read through fsspec when it is scored.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from .images import iter_image_files
+from .images import is_url, iter_image_files
 
 LIST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
-PATH_COLUMNS = ("path", "image", "file", "filename", "source")
+PATH_COLUMNS = ("path", "image", "file", "filename", "source", "url")
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,22 @@ def _list_entries(list_file: str) -> list[str]:
         return [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]
 
 
+def _url_input(url: str) -> Input:
+    return Input(url, url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "image")
+
+
 def _expand(source: str) -> Iterator[Input]:
-    if os.path.isdir(source):
+    if is_url(source):
+        yield _url_input(source)
+    elif os.path.isdir(source):
         for path in iter_image_files([source]):
             yield Input(path, os.path.relpath(path, source))
     elif source.lower().endswith(LIST_SUFFIXES):
         base = os.path.dirname(source)
         for entry in _list_entries(source):
+            if is_url(entry):
+                yield _url_input(entry)
+                continue
             path = entry if os.path.isabs(entry) else os.path.join(base, entry)
             if os.path.isdir(path):
                 yield from _expand(path)
@@ -84,7 +94,7 @@ def collect_inputs(sources: Iterable[str], include: Iterable[str] = (), exclude:
     inputs = []
     for source in sources:
         for item in _expand(os.fspath(source)):
-            key = os.path.abspath(item.path)
+            key = item.path if is_url(item.path) else os.path.abspath(item.path)
             if key in seen or (include and not _matches(item, include)) or _matches(item, exclude):
                 continue
             seen.add(key)

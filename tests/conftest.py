@@ -1,4 +1,6 @@
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,3 +43,23 @@ def scorer(smoke_model):
 
     with load_scorer(smoke_model, batch_size=4) as scorer:
         yield scorer
+
+
+@pytest.fixture
+def serve():
+    """``serve(folder)`` serves a folder over HTTP on 127.0.0.1 (Python's own server, in a process of its own, so
+    that a test blocked in a call cannot stall it) and returns its base URL."""
+    servers = []
+
+    def start(folder) -> str:
+        server = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+                                   "--directory", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  text=True)
+        servers.append(server)
+        port = re.search(r"port (\d+)", server.stdout.readline()).group(1)  # "Serving HTTP on 127.0.0.1 port N"
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.kill()
+        server.wait()

@@ -1,8 +1,8 @@
 """`qponder filter --engine ray` on a local Ray cluster (2 CPUs, started once for the session) with the tiny model:
 the same verdicts as the local engine row for row, into the store and into parquet shards; a broken file is a row;
 a rerun scores nothing; a run killed with SIGKILL resumes without losing or repeating a finished shard; a WebDataset
-tar shard is an input; a failing backend gives error rows, and a dead worker is restarted, none dropped. The model is
-the bundled nano one: nothing to build, and each actor starts in 10-13 s."""
+tar shard and a table of URLs are inputs; a failing backend gives error rows, and a dead worker is restarted, none
+dropped. The model is the bundled nano one: nothing to build, and each actor starts in 10-13 s."""
 
 import hashlib
 import io
@@ -23,6 +23,7 @@ from smoke import solid_image  # a test helper of the nano recipe (examples/nano
 from qponder_plugin.cli import build
 
 ray = pytest.importorskip("ray", reason="needs Ray Data: pip install 'qponder-plugin[ray]'")
+pa = pytest.importorskip("pyarrow", reason="needs pyarrow (the filter extra)")
 pq = pytest.importorskip("pyarrow.parquet", reason="needs pyarrow (the filter extra)")
 # A hang fails within 4 minutes; the fixtures (the tiny model, the local engine's run) are not counted.
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.model, pytest.mark.timeout(240, func_only=True)]
@@ -176,6 +177,26 @@ def test_webdataset_tar_shard(cluster, source, threshold, local, tmp_path):
         assert (row["verdict"] == "keep", row["stage"]) == by_hash[digest][1:3]
         assert abs(row["score"] - by_hash[digest][3]) < 1e-4
     assert json.loads(found["000000"]["timings"])["infer_ms"] > 0
+
+
+def test_a_table_of_urls_as_input(cluster, source, threshold, local, serve, tmp_path):
+    """A parquet table with a URL column (served over HTTP here; ``s3://`` and ``gs://`` read the same way)."""
+    base = serve(source)
+    names = ["img01.png", "img07.png", "broken.jpg", "missing.png"]
+    table = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": [f"{base}/{n}" for n in names], "caption": names}), table)
+    output = tmp_path / "out"
+    result = invoke(table, "--threshold", threshold, "-m", "nano", "--engine", "ray", "--output", output, "--json")
+    assert result.exit_code == 1, result.output
+    found = {r["path"].rsplit("/", 1)[-1]: r for r in output_rows(output)}
+    assert sorted(found) == sorted(names)
+    for name in names[:2]:
+        want = local[str(source / name)]
+        assert (found[name]["status"], found[name]["verdict"] == "keep", found[name]["hash"]) == (
+            want[0], want[1], want[4]) and abs(found[name]["score"] - want[3]) < 1e-4
+    assert found["broken.jpg"]["status"] == "image_error" and found["broken.jpg"]["hash"]
+    assert (found["missing.png"]["status"], found["missing.png"]["error"]) == ("image_error",
+                                                                              f"{base}/missing.png: not found")
 
 
 def test_a_failing_backend_gives_error_rows_and_drops_none(cluster, source, threshold, tmp_path):

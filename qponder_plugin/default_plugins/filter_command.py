@@ -10,7 +10,7 @@ import click
 
 from ..gate import GATE_MODES
 from ..hookspecs import hookimpl
-from ..images import DEFAULT_MAX_PIXELS
+from ..images import DEFAULT_MAX_PIXELS, is_url
 from ..placement import HOW
 from .commands import backend_options, engine_options, usage_error, with_progress
 
@@ -63,8 +63,8 @@ def register_commands(cli):
 def filter_command(sources, threshold, keep, reject, how, store, report, model, backend, base_url, api_key_env,
                    backend_settings, gate_mode, margin, on_error, include, exclude, write_metadata, batch_size,
                    as_json, export, engine, address, workers, gpus_per_worker, output, shard_size):
-    """Score SOURCES (folders, image files, or lists of paths in .txt/.csv/.parquet) and place each image into
-    --keep or --reject. Results are committed to the store before any file is placed, so a killed run resumes
+    """Score SOURCES (folders, image files, or lists of paths or URLs in .txt/.csv/.parquet) and place each image
+    into --keep or --reject. Results are committed to the store before any file is placed, so a killed run resumes
     with the same command.
 
     Exit status: 0 when every image was scored, 1 when some failed, 2 on a usage error.
@@ -96,6 +96,11 @@ def filter_command(sources, threshold, keep, reject, how, store, report, model, 
                   sources)
     try:
         inputs = collect_inputs([s for s in sources if not s.lower().endswith(".tar")], include, exclude)
+        urls = [i.path for i in inputs if is_url(i.path)]
+        if urls and (keep or reject):
+            raise ValueError(f"{len(urls)} inputs are URLs (such as {urls[0]}), which cannot be placed into folders; "
+                             "drop --keep and --reject and read the verdicts from the store (--export), --report "
+                             "or --output")
         for folder in (keep, reject):
             if folder and sources:
                 check_writable(folder)
