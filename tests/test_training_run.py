@@ -30,6 +30,12 @@ def labels(tmp_path_factory):
     return root / "labels.csv"
 
 
+def vision_weights(folder) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if "visual" in k}
+
+
 def run(*args):
     result = CliRunner().invoke(build(), [str(a) for a in args])
     assert result.exit_code == 0, result.output
@@ -44,6 +50,12 @@ def test_run_every_stage_then_resume(smoke_model, labels, tmp_path):
     assert (summary["size"], summary["lora"], summary["train"], summary["val"]) == ("small", False, 18, 6)
     assert [row["stage"] for row in summary["table"]] == ["base", "sft", "grpo"]
     assert all(row["n"] == 6 and row["srcc"] is not None for row in summary["table"])
+    assert set(summary["seconds"]) == {"eval base", "distill", "sft", "eval sft", "grpo", "eval grpo", "export"}
+    assert summary["rewards"] == {"format": 0.5, "accuracy_gaussian": 1.0, "consistency": 0.25, "rank_fidelity": 1.0}
+    base, sft, grpo = (vision_weights(folder) for folder in (smoke_model, tmp_path / "run" / "sft",
+                                                             tmp_path / "run" / "grpo"))
+    assert any(not np.array_equal(base[k], sft[k]) for k in base)  # SFT adapts the small model's tower
+    assert all(np.array_equal(sft[k], grpo[k]) for k in sft)  # GRPO leaves it as SFT made it
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     held = {int(path[-6:-4]) for path in split["val"]}  # imgNN.png; images 2k and 2k+1 share group k
     assert len(held) == 6 and all(i ^ 1 in held for i in held) and not set(split["train"]) & set(split["val"])
@@ -54,6 +66,7 @@ def test_run_every_stage_then_resume(smoke_model, labels, tmp_path):
 
     again = run(*command)  # nothing left to do: every stage and eval is skipped, the table is the same
     assert json.loads(again.stdout.splitlines()[-1])["table"] == summary["table"]
+    assert json.loads(again.stdout.splitlines()[-1])["seconds"] == {}
     assert "started" not in again.stderr and again.stderr.count("done before") == 7
 
     (tmp_path / "run" / "grpo" / "qponder.json").unlink()  # as if GRPO had been cut short

@@ -219,7 +219,8 @@ def grpo(ctx, data, dataset, image_root, split, score_range, model, output, rewa
 @click.option("--lora/--full", default=None, help="Default: LoRA for large models, full for small ones.")
 @click.option("--vision-lr", "vision_learning_rates", type=float, nargs=2, metavar="BLOCKS MERGER",
               help="The vision tower's rates (default for small models: 1e-5 1e-4; large ones keep it frozen).")
-@click.option("--rewards", default="format,accuracy,consistency", show_default=True)
+@click.option("--rewards", help="GRPO's rewards (default for small models: format,accuracy_gaussian,consistency,"
+              "rank_fidelity weighted 0.5,1,0.25,1; for large ones: format,accuracy,consistency).")
 @click.option("--reward-weights", help="Comma-separated weights, one per reward (default: all 1).")
 @click.option("--sft-arg", "sft_pairs", multiple=True, metavar="KEY=VALUE", help="An SFTConfig field.")
 @click.option("--grpo-arg", "grpo_pairs", multiple=True, metavar="KEY=VALUE", help="A GRPOConfig field.")
@@ -243,7 +244,8 @@ def run_command(ctx, data, dataset, image_root, score_range, model, out, teacher
         raise click.UsageError("--teacher-model is required for the backend teacher")
     records = read_records(data, dataset, image_root, None, score_range)
     settings = RunSettings(teacher=teacher, teacher_model=teacher_model, val_fraction=val_fraction, lora=lora,
-                           vision_learning_rates=vision_learning_rates, rewards=tuple(rewards.split(",")),
+                           vision_learning_rates=vision_learning_rates,
+                           rewards=tuple(rewards.split(",")) if rewards else None,
                            reward_weights=tuple(float(w) for w in reward_weights.split(",")) if reward_weights
                            else None, sft_args=sft_args, grpo_args=grpo_args, max_new_tokens=max_new_tokens)
     instance = teachers[teacher](teacher_model)
@@ -302,6 +304,7 @@ def export_command(checkpoint, out, base_model, card_path, overwrite):
 def eval_command(data, dataset, image_root, split, score_range, model, backend, profile, out, name, think, samples,
                  temperature, batch_size, max_new_tokens):
     """Score a labelled set and report SRCC, KRCC, PLCC (raw and after a logistic fit), RMSE, parse failures."""
+    from qponder_plugin.default_plugins.commands import with_progress
     from qponder_plugin.scorer import Scorer
 
     from .evaluate import evaluate
@@ -309,6 +312,7 @@ def eval_command(data, dataset, image_root, split, score_range, model, backend, 
     records = read_records(data, dataset, image_root, split, score_range)
     with Scorer(model, backend=backend, profile=profile, batch_size=batch_size,
                 max_new_tokens=max_new_tokens) as scorer:
-        report = evaluate(scorer, list(records), out, think=think, n=samples, temperature=temperature, name=name)
+        report = evaluate(scorer, list(records), out, think=think, n=samples, temperature=temperature, name=name,
+                          progress=with_progress)
     click.echo(json.dumps(report["metrics"], indent=2))
     click.echo(f"report: {Path(out) / (name + '.json')}  plot: {Path(out) / (name + '.png')}")

@@ -186,7 +186,7 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
 
 
 def evaluate(scorer, records: Iterable, out_dir: str | os.PathLike, *, think: bool = True, n: int = 1,
-             temperature: float = 1.0, name: str = "eval") -> dict:
+             temperature: float = 1.0, name: str = "eval", progress=None) -> dict:
     """Score ``records`` with ``scorer`` and compare with their MOS.
 
     ``records`` are objects with ``.image`` (a path or any image source) and ``.mos`` (on the 1–5 scale), such
@@ -197,13 +197,15 @@ def evaluate(scorer, records: Iterable, out_dir: str | os.PathLike, *, think: bo
 
     Writes ``out_dir/<name>.json`` (the report; NaN written as ``null``) and ``out_dir/<name>.png`` (the scatter
     plot) and returns the report dict: ``name, model, profile, backend, mode, n, temperature, metrics, counts,
-    parse_failure_rate, files, rows``; each row has ``image, mos, score, status, error``.
+    parse_failure_rate, files, rows``; each row has ``image, mos, score, status, error``. ``progress(results,
+    total)`` wraps the stream of results (a progress bar).
     """
     records = list(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = [r.image for r in records]
-    assessments = list(scorer.iter_assess(images, think=think, n=n, temperature=temperature))
+    results = scorer.iter_assess(images, think=think, n=n, temperature=temperature)
+    assessments = list(progress(results, len(images)) if progress else results)
     if len(assessments) != len(records):
         raise RuntimeError(f"scorer returned {len(assessments)} results for {len(records)} records")
     rows = [{"image": _label(record.image), "mos": None if record.mos is None else float(record.mos),

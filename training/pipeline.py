@@ -4,8 +4,9 @@ on a held-out split and a before/after table at the end.
 Every stage leaves a marker only when it is complete (the split file, ``distill.json``, a checkpoint's
 ``qponder.json``, an eval report), so a rerun of the same command skips what is finished and redoes a stage that
 was cut short. The defaults follow the model's size: a small model (the bundled nano) trains fully, with its vision
-tower adapted at a low rate beside the language model, since for it the image domain lives in the tower; a large
-one (a 7B) gets LoRA on the language model with the tower frozen, and GRPO generates with vLLM when it is installed.
+tower adapted in SFT at a low rate beside the language model, since for it the image domain lives in the tower; a
+large one (a 7B) gets LoRA on the language model with the tower frozen, and GRPO generates with vLLM when it is
+installed. GRPO keeps the tower frozen for both.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qponder_plugin.default_plugins.commands import with_progress
 from qponder_plugin.scorer import MODEL_CARD, Scorer
 
 from .data import MosRecord, MosSet, split_by_group, to_dataset
@@ -42,7 +44,7 @@ class RunSettings:
     lora_r: int = 16
     lora_alpha: int = 32
     vision_learning_rates: tuple[float, float] | None = None
-    rewards: tuple[str, ...] = ("format", "accuracy", "consistency")
+    rewards: tuple[str, ...] | None = None
     reward_weights: tuple[float, ...] | None = None
     sft_args: dict = field(default_factory=dict)
     grpo_args: dict = field(default_factory=dict)
@@ -59,10 +61,15 @@ def size_defaults(model: str) -> dict:
     """The settings that suit ``model``: small (weights under 1 GiB, e.g. nano on a CPU) or large (a 7B on a GPU)."""
     size = model_bytes(model)
     if size is not None and size < SMALL_MODEL_BYTES:
+        # GRPO's rewards are graded (Gaussian accuracy, rank fidelity), as in the nano recipe: a pass/fail accuracy
+        # lets a small policy collapse onto the mean score. Its steps are capped to keep a CPU run short.
         return {"size": "small", "lora": False, "vision_learning_rates": (1e-5, 1e-4),
+                "rewards": ("format", "accuracy_gaussian", "consistency", "rank_fidelity"),
+                "reward_weights": (0.5, 1.0, 0.25, 1.0),
                 "sft_args": {"learning_rate": 1e-4, "num_train_epochs": 2, "lr_scheduler_type": "cosine"},
-                "grpo_args": {"learning_rate": 1e-5, "num_train_epochs": 1, "max_completion_length": 160}}
+                "grpo_args": {"learning_rate": 1e-5, "max_steps": 60, "max_completion_length": 160}}
     return {"size": "large", "lora": True, "vision_learning_rates": None,
+            "rewards": ("format", "accuracy", "consistency"), "reward_weights": None,
             "sft_args": {"learning_rate": 1e-4, "num_train_epochs": 1},
             "grpo_args": {"learning_rate": 1e-6, "num_train_epochs": 1,
                           "use_vllm": importlib.util.find_spec("vllm") is not None}}
@@ -90,8 +97,11 @@ class Run:
         self.vision = settings.vision_learning_rates or (None if self.lora else defaults["vision_learning_rates"])
         self.sft_args = {**defaults["sft_args"], **settings.sft_args}
         self.grpo_args = {**defaults["grpo_args"], **settings.grpo_args}
+        self.rewards = settings.rewards or defaults["rewards"]
+        self.reward_weights = settings.reward_weights if settings.rewards else defaults["reward_weights"]
         self.size = defaults["size"]
         self.redone = False  # once a stage runs again, every later stage and eval must too
+        self.seconds: dict[str, float] = {}  # what this invocation ran, and how long each took
         self.out.mkdir(parents=True, exist_ok=True)
 
     def __call__(self) -> dict:
@@ -107,7 +117,8 @@ class Run:
                             lambda: export(grpo, self.out / "model", overwrite=True,
                                            card={"metrics": {"before": reports["base"], "after": reports["grpo"]}}))
         summary = {"model": self.model, "size": self.size, "lora": self.lora, "vision_learning_rates": self.vision,
-                   "train": len(train), "val": len(val), "final": str(final),
+                   "rewards": dict(zip(self.rewards, self.reward_weights or [1.0] * len(self.rewards))),
+                   "train": len(train), "val": len(val), "final": str(final), "seconds": self.seconds,
                    "table": [table_row(name, report) for name, report in reports.items()]}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
@@ -120,7 +131,8 @@ class Run:
         started, self.redone = time.monotonic(), True
         self.say(f"[{name}] started")
         result = work()
-        self.say(f"[{name}] finished in {time.monotonic() - started:.0f} s")
+        self.seconds[name] = round(time.monotonic() - started, 1)
+        self.say(f"[{name}] finished in {self.seconds[name]:.0f} s")
         return Path(result) if result is not None else None
 
     def _split(self):
@@ -151,10 +163,12 @@ class Run:
                        lora_alpha=self.settings.lora_alpha, vision_learning_rates=self.vision, args=self.sft_args)
 
     def _grpo(self, sft: Path, train) -> Path:
-        weights = list(self.settings.reward_weights) if self.settings.reward_weights else None
-        return run_grpo(sft, to_dataset(train), self.out / "grpo", rewards=list(self.settings.rewards),
-                        reward_weights=weights, lora=self.lora, lora_r=self.settings.lora_r,
-                        lora_alpha=self.settings.lora_alpha, vision_learning_rates=self.vision, args=self.grpo_args)
+        """GRPO on the SFT model with the vision tower frozen: the tower learns the domain in SFT, from the MOS
+        itself; GRPO's sampled rewards are too noisy a signal for it (on photos they undid SFT's gain)."""
+        weights = list(self.reward_weights) if self.reward_weights else None
+        return run_grpo(sft, to_dataset(train), self.out / "grpo", rewards=list(self.rewards), reward_weights=weights,
+                        lora=self.lora, lora_r=self.settings.lora_r, lora_alpha=self.settings.lora_alpha,
+                        freeze_vision=True, args=self.grpo_args)
 
     def _eval(self, name: str, model, val) -> dict:
         path = self.out / "eval" / f"{name}.json"
@@ -163,9 +177,10 @@ class Run:
             return json.loads(path.read_text())
         started = time.monotonic()
         with Scorer(model, max_new_tokens=self.settings.max_new_tokens) as scorer:
-            report = evaluate(scorer, val, self.out / "eval", name=name)
+            report = evaluate(scorer, val, self.out / "eval", name=name, progress=with_progress)
+        self.seconds[f"eval {name}"] = round(time.monotonic() - started, 1)
         self.say(f"[eval {name}] SRCC {report['metrics']['srcc']:.3f} on {len(val)} images "
-                 f"in {time.monotonic() - started:.0f} s")
+                 f"in {self.seconds[f'eval {name}']:.0f} s")
         return report
 
 
