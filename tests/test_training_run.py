@@ -66,7 +66,7 @@ def test_run_every_stage_then_resume(smoke_model, labels, tmp_path):
 
     again = run(*command)  # nothing left to do: every stage and eval is skipped, the table is the same
     assert json.loads(again.stdout.splitlines()[-1])["table"] == summary["table"]
-    assert json.loads(again.stdout.splitlines()[-1])["seconds"] == {}
+    assert json.loads(again.stdout.splitlines()[-1])["seconds"] == summary["seconds"]  # kept from the first run
     assert "started" not in again.stderr and again.stderr.count("done before") == 7
 
     (tmp_path / "run" / "grpo" / "qponder.json").unlink()  # as if GRPO had been cut short

@@ -101,7 +101,9 @@ class Run:
         self.reward_weights = settings.reward_weights if settings.rewards else defaults["reward_weights"]
         self.size = defaults["size"]
         self.redone = False  # once a stage runs again, every later stage and eval must too
-        self.seconds: dict[str, float] = {}  # what this invocation ran, and how long each took
+        self.seconds_file = self.out / "seconds.json"  # how long each finished stage and eval took, over reruns
+        self.seconds: dict[str, float] = json.loads(self.seconds_file.read_text()) if self.seconds_file.is_file() \
+            else {}
         self.out.mkdir(parents=True, exist_ok=True)
 
     def __call__(self) -> dict:
@@ -131,9 +133,13 @@ class Run:
         started, self.redone = time.monotonic(), True
         self.say(f"[{name}] started")
         result = work()
-        self.seconds[name] = round(time.monotonic() - started, 1)
+        self._took(name, started)
         self.say(f"[{name}] finished in {self.seconds[name]:.0f} s")
         return Path(result) if result is not None else None
+
+    def _took(self, name: str, started: float) -> None:
+        self.seconds[name] = round(time.monotonic() - started, 1)
+        self.seconds_file.write_text(json.dumps(self.seconds, indent=2) + "\n")
 
     def _split(self):
         """Train and val records; the split is written once and read back on a rerun, so it never changes."""
@@ -178,7 +184,7 @@ class Run:
         started = time.monotonic()
         with Scorer(model, max_new_tokens=self.settings.max_new_tokens) as scorer:
             report = evaluate(scorer, val, self.out / "eval", name=name, progress=with_progress)
-        self.seconds[f"eval {name}"] = round(time.monotonic() - started, 1)
+        self._took(f"eval {name}", started)
         self.say(f"[eval {name}] SRCC {report['metrics']['srcc']:.3f} on {len(val)} images "
                  f"in {self.seconds[f'eval {name}']:.0f} s")
         return report
