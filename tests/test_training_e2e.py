@@ -13,6 +13,7 @@ from smoke import TEACHER_HINT, brightness_score, solid_image
 from qponder_plugin import load_scorer
 from qponder_plugin.cli import build
 from qponder_plugin.default_plugins.profiles import QPONDER
+from qponder_plugin.images import load_image
 
 pytestmark = [pytest.mark.model, pytest.mark.train]
 
@@ -142,3 +143,23 @@ def test_grpo_gives_the_vision_tower_its_own_rates_beside_lora(smoke_model, labe
     assert {rate[id(p)] for p in tower.values()} == {1e-6, 1e-5}
     lora = [p for name, p in trainable.items() if "lora_" in name]
     assert lora and all(rate[id(p)] == 1e-4 for p in lora)
+
+
+def test_grpo_steps_over_images_of_different_sizes(smoke_model, tmp_path):
+    """Prompts of different lengths in one batch (images with different token grids) train without a rope-index
+    mismatch: the processor pads on the left, as trl's generation does."""
+    from qponder_plugin.training.data import MosRecord, to_dataset
+    from qponder_plugin.training.trainers import build_grpo
+
+    records = []
+    for index, size in enumerate([(64, 64), (64, 36)]):
+        path = tmp_path / f"img{index}.png"
+        solid_image(0.3 + 0.4 * index, 64, seed=index).resize(size).save(path)
+        records.append(MosRecord(str(path), 2.0 + 2 * index, 0.3 + 0.4 * index, None, str(path)))
+    trainer, processor = build_grpo(smoke_model, to_dataset(records), tmp_path / "grpo", rewards=("format",),
+                                    lora=False, args={"max_steps": 1, "per_device_train_batch_size": 8,
+                                                      "num_generations": 4, "max_completion_length": 16})
+    grids = [processor.image_processor(images=[load_image(r.image)])["image_grid_thw"].tolist() for r in records]
+    assert grids[0] != grids[1]
+    trainer.train()
+    assert trainer.state.global_step == 1

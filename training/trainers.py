@@ -181,6 +181,10 @@ def build_grpo(checkpoint, train_dataset, output_dir, *, rewards=("format", "acc
     # A reward bound to a trainer holds its model: give this trainer its own copy of the registered instance.
     reward_funcs = [copy.copy(r) if hasattr(r, "bind") else r for r in reward_funcs]
     model, processor, peft_config = _policy(checkpoint, lora, lora_r, lora_alpha, freeze_vision, vision_learning_rates)
+    # trl pads the prompts on the left to generate, but asks the processor for the image-token types with its own
+    # padding side: on the right, prompts of different lengths (images of different sizes) get misplaced types and
+    # the forward pass fails (a rope-index shape mismatch). Left everywhere keeps them aligned.
+    processor.tokenizer.padding_side = "left"
     # Two or more images per step, so rank_fidelity has something to rank against.
     settings = {**trainer_defaults(), "num_generations": 4, "per_device_train_batch_size": 8,
                 "max_completion_length": 256, "temperature": 1.0, "beta": 0.04, **(args or {})}
