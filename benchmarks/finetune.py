@@ -49,10 +49,9 @@ def run(size: int, train, test, out: Path, model: str, extra: list[str]) -> dict
     command = [sys.executable, "-m", "qponder_plugin", "train", "run", "--data", str(data), "--score-range", "0",
                "1", "--model", model, "--out", str(folder), *extra]
     print("$", " ".join(command), flush=True)
-    started = time.monotonic()
-    subprocess.run(command, check=True, stdout=open(folder / "run.json", "w"))
+    with open(folder / "run.json", "w") as output:
+        subprocess.run(command, check=True, stdout=output)
     summary = json.loads((folder / "run.json").read_text().splitlines()[-1])
-    summary["wall_seconds"] = time.monotonic() - started
     if not base.is_file():
         shutil.copy(folder / "eval" / "base.json", base)
     return summary

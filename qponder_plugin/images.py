@@ -117,8 +117,8 @@ def _load_path(path: str, max_pixels: int | None) -> Image.Image:
     if is_url(path):
         try:
             return _load_file(io.BytesIO(read_bytes(path)), path, max_pixels)
-        except OSError as exc:
-            raise ImageError(f"cannot fetch {path} ({exc})") from exc
+        except OSError as exc:  # its message names the URL
+            raise ImageError(str(exc)) from exc
     if not os.path.exists(path):
         raise ImageError(f"{path}: no such file")
     if os.path.isdir(path):
