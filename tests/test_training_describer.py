@@ -76,3 +76,25 @@ def test_distill_with_the_measured_teacher_needs_no_model(photo, tmp_path):
     missing = CliRunner().invoke(build(), ["train", "distill", "--data", str(tmp_path / "labels.csv"),
                                            "--score-range", "0", "100", "--out", str(out)])
     assert missing.exit_code == 2 and "--teacher-model is required" in missing.output
+
+
+def test_motion_blur_focus_blur_and_colour_casts_are_told_apart():
+    """Blur along one direction reads as motion, blur in every direction as focus; a tint over the whole image reads
+    as a warm or cool cast, by the channel it leans to."""
+    import random
+
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, (256, 256)), 1.5)
+    texture = (texture - texture.min()) / np.ptp(texture) * 200 + 25  # detail in every direction
+    rgb = np.stack([texture, texture * 0.9 + 10, texture * 0.8 + 20], -1)
+    pictures = {"sharp": rgb, "motion": ndimage.uniform_filter1d(rgb, 15, axis=1),
+                "focus": ndimage.gaussian_filter(rgb, (3, 3, 0)), "warm": rgb * [1.0, 0.8, 0.45],
+                "cool": rgb * [0.5, 0.75, 1.0]}
+    measured = {name: measure(Image.fromarray(array.astype("uint8"))) for name, array in pictures.items()}
+    assert measured["motion"].coherence > 0.4 > measured["focus"].coherence
+    said = {name: describe(m, 3.0, random.Random(0)) for name, m in measured.items()}
+    assert "motion" in said["motion"].lower() and "motion" not in said["focus"].lower()
+    assert "focus" in said["focus"].lower() or "blurred" in said["focus"].lower()
+    assert "warm" in said["warm"] and "cool" in said["cool"] and "cast" not in said["sharp"]

@@ -3,11 +3,14 @@
 For offline cold starts (no 72B teacher at hand). Measured with numpy/scipy on the luminance of the image, scaled
 to at most 512 px on its long side:
 
-- sharpness: variance of the Laplacian;
+- sharpness: variance of the Laplacian; a blurred image whose gradients share one orientation (the coherence of
+  the smoothed structure tensor, 0 to 1) reads as motion blur, otherwise as out of focus;
 - noise: Immerkær's fast noise estimate (a Laplacian-difference mask, mean absolute response);
 - exposure: mean luminance, and the share of clipped shadows (< 5) and highlights (> 250);
 - contrast: RMS contrast (standard deviation of luminance);
 - colourfulness: Hasler and Süsstrunk's metric on the opponent channels;
+- colour cast: the mean chroma of the opponent channels over their mean deviation from it (Gasparini and Schettini's
+  cast factor): a cast when the whole image leans to one hue, warm, cool or green/magenta by the leaning channel;
 - artifacts: 8×8 blockiness (jump across block borders relative to inside blocks), a JPEG/AIGC artifact cue.
 
 The reasoning states those findings in varied words (seeded by the image content, so a rerun writes the same
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,6 +39,10 @@ class Measurements:
     contrast: float
     colourfulness: float
     blockiness: float
+    coherence: float
+    cast: float  # the cast factor: mean chroma over its mean deviation
+    red_green: float  # the mean opponent channels: the direction of a cast
+    yellow_blue: float
 
 
 def measure(image) -> Measurements:
@@ -52,10 +59,23 @@ def measure(image) -> Measurements:
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     rg, yb = red - green, 0.5 * (red + green) - blue
     colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+    spread = float(np.hypot(rg - rg.mean(), yb - yb.mean()).mean())
     return Measurements(
         sharpness=float(ndimage.laplace(luma).var()), noise=noise, brightness=float(luma.mean()),
         shadows_clipped=float((luma < 5).mean()), highlights_clipped=float((luma > 250).mean()),
-        contrast=float(luma.std()), colourfulness=colourfulness, blockiness=_blockiness(luma))
+        contrast=float(luma.std()), colourfulness=colourfulness, blockiness=_blockiness(luma),
+        coherence=_coherence(luma), cast=float(np.hypot(rg.mean(), yb.mean())) / max(spread, 1e-6),
+        red_green=float(rg.mean()), yellow_blue=float(yb.mean()))
+
+
+def _coherence(luma: np.ndarray) -> float:
+    """How much the image's gradients share one orientation: 0 when they point every way, 1 when all are parallel
+    (the eigenvalues of the structure tensor, summed over the image after a light blur)."""
+    from scipy import ndimage
+
+    gy, gx = np.gradient(ndimage.gaussian_filter(luma, 1.0))
+    xx, yy, xy = (gx * gx).mean(), (gy * gy).mean(), (gx * gy).mean()
+    return float(np.hypot(xx - yy, 2 * xy) / max(xx + yy, 1e-9))
 
 
 def _blockiness(luma: np.ndarray) -> float:
@@ -69,17 +89,13 @@ def _blockiness(luma: np.ndarray) -> float:
     return float(border / inside) if inside > 1e-6 else 1.0
 
 
-def attributes(measurements: Measurements) -> list[float]:
-    """The measurements as regression targets, in field order: sharpness, noise and blockiness on a log scale."""
-    values = np.array(astuple(measurements))
-    logged = [field.name in ("sharpness", "noise", "blockiness") for field in fields(Measurements)]
-    return np.where(logged, np.log1p(np.maximum(values, 0)), values).tolist()
-
-
 # Each finding: (condition, variants). The first matching condition per aspect is used.
 FINDINGS = {
     "sharpness": [
-        (lambda m: m.sharpness < 20, ["Sharpness: edges are soft and fine detail is blurred away.",
+        (lambda m: m.sharpness < 40 and m.coherence > 0.4,
+         ["Sharpness: motion blur smears edges along one direction.",
+          "Camera or subject motion streaks the detail in one direction."]),
+        (lambda m: m.sharpness < 40, ["Sharpness: edges are soft and fine detail is blurred away.",
                                       "Focus is weak; textures smear and outlines look blurry."]),
         (lambda m: m.sharpness < 150, ["Sharpness: moderate; main edges hold but fine texture is soft.",
                                        "Detail is acceptable, though the finest textures are slightly soft."]),
@@ -109,6 +125,13 @@ FINDINGS = {
     ],
     "colour": [
         (lambda m: m.colourfulness < 15, ["Colour: muted, nearly monochrome.", "Colours are dull and desaturated."]),
+        (lambda m: m.cast > 2 and abs(m.yellow_blue) >= abs(m.red_green) and m.yellow_blue > 0,
+         ["Colour: a warm, yellow-orange cast tints the whole image.",
+          "White balance leans warm; neutrals look yellow."]),
+        (lambda m: m.cast > 2 and abs(m.yellow_blue) >= abs(m.red_green),
+         ["Colour: a cool, blue cast tints the whole image.", "White balance leans cool; neutrals look blue."]),
+        (lambda m: m.cast > 2, ["Colour: a green or magenta tint lies over the whole image.",
+                                  "A colour tint shifts the neutral tones off grey."]),
         (lambda m: m.colourfulness > 90, ["Colour: very saturated, bordering on garish.",
                                           "Colours are intense and somewhat oversaturated."]),
         (lambda m: True, ["Colour: natural and pleasant.", "Colours are vivid but natural."]),
