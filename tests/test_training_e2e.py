@@ -112,6 +112,19 @@ def test_recipe_end_to_end(smoke_model, labels, tmp_path):
     assert len(report["rows"]) == 8
     assert (report_dir / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # Two sets in one run (here the val and train rows of one file): a report and a plot each, named by the set.
+    printed = json.loads(run("eval", *data, "--data", labels, "--split", "val", "--split", "train", "--model",
+                             exported, "--out", report_dir, "--name", "both").split("\nlabels-val report:")[0])
+    assert list(printed) == ["labels-val", "labels-train"]
+    for label, count in (("val", 8), ("train", 16)):  # the broken train image is skipped when read
+        saved = json.loads((report_dir / f"both-labels-{label}.json").read_text())
+        assert len(saved["rows"]) == count
+        assert saved["metrics"]["srcc"] == pytest.approx(printed[f"labels-{label}"]["srcc"])
+        assert (report_dir / f"both-labels-{label}.png").is_file()
+    refused = CliRunner().invoke(build(), ["eval", "--data", str(labels), "--data", str(labels), "--split", "val",
+                                           "--split", "val", "--split", "train", "--score-range", "1", "5"])
+    assert refused.exit_code == 2 and "3 --split values for 2 --data files" in refused.output
+
 
 def weights_changed(before, after) -> dict:
     """Which parts moved between two checkpoints (saved names: ``model.layers.*``, ``visual.merger.*`` and the vision

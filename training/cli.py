@@ -57,17 +57,21 @@ def model_option(help_text: str):
                         "folder or a hub id. Default: $QPONDER_MODEL, else the bundled nano model.")
 
 
-def data_options(function=None, *, with_split: bool = True):
-    """--data, --dataset, --image-root, --split, --score-range: where the MOS labels come from."""
+def data_options(function=None, *, with_split: bool = True, many: bool = False):
+    """--data, --dataset, --image-root, --split, --score-range: where the MOS labels come from. With ``many``,
+    --data and --split may be repeated (a tuple each)."""
     if function is None:
-        return lambda f: data_options(f, with_split=with_split)
+        return lambda f: data_options(f, with_split=with_split, many=many)
     options = [
-        click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-                     help="Label file: CSV/JSONL (image, mos[, std, group, split]) or a benchmark's label file."),
+        click.option("--data", required=True, multiple=many, type=click.Path(exists=True, dir_okay=False),
+                     help="Label file: CSV/JSONL (image, mos[, std, group, split]) or a benchmark's label file."
+                     + (" Repeat it to report on several sets." if many else "")),
         click.option("--dataset", type=click.Choice([*GENERIC, *DATASETS]),
                      help="Label-file format (default: detected)."),
         click.option("--image-root", type=click.Path(file_okay=False), help="Folder the image paths are relative to."),
-        click.option("--split", help="Keep only rows of this split (e.g. train, val) when the file has one."),
+        click.option("--split", multiple=many,
+                     help="Keep only rows of this split (e.g. train, val) when the file has one."
+                     + (" Give one for all --data files, or one for each, in their order." if many else "")),
         click.option("--score-range", nargs=2, type=float, help="Native MOS range LOW HIGH (needed for csv/jsonl)."),
     ]
     if not with_split:
@@ -87,6 +91,20 @@ def read_records(data, dataset, image_root, split, score_range):
     if not len(mos_set):
         raise click.UsageError(f"{data}: no usable rows")
     return mos_set
+
+
+def read_sets(data: tuple[str, ...], dataset, image_root, splits: tuple[str, ...], score_range) -> dict:
+    """One MOS set per --data file, named by its dataset and split (``agiqa-3k-val``, ``biq2021-test``)."""
+    if len(splits) not in (0, 1, len(data)):
+        raise click.UsageError(f"{len(splits)} --split values for {len(data)} --data files: give one for all, or "
+                               "one for each")
+    sets: dict = {}
+    for path, split in zip(data, splits if len(splits) == len(data) else (splits or (None,)) * len(data)):
+        mos_set = read_records(path, dataset, image_root, split, score_range)
+        found = {record.split for record in mos_set}
+        label = "-".join([mos_set.name, *(found if len(found) == 1 and None not in found else ())])
+        sets[label if label not in sets else f"{label}-{len(sets) + 1}"] = mos_set
+    return sets
 
 
 def training_options(function):
@@ -288,7 +306,7 @@ def export_command(checkpoint, out, base_model, card_path, overwrite):
 
 
 @click.command("eval")
-@data_options
+@data_options(many=True)
 @model_option("Checkpoint to evaluate")
 @click.option("--backend", help="Core backend (default: transformers).")
 @click.option("--profile", help="Model profile (default: from the checkpoint).")
@@ -303,16 +321,25 @@ def export_command(checkpoint, out, base_model, card_path, overwrite):
 @click.option("--max-new-tokens", type=int, default=512, show_default=True)
 def eval_command(data, dataset, image_root, split, score_range, model, backend, profile, out, name, think, samples,
                  temperature, batch_size, max_new_tokens):
-    """Score a labelled set and report SRCC, KRCC, PLCC (raw and after a logistic fit), RMSE, parse failures."""
+    """Score labelled sets and report SRCC, KRCC, PLCC (raw and after a logistic fit), RMSE, parse failures: one
+    report and plot per set (``NAME-SET``, or ``NAME`` for a single set)."""
     from qponder_plugin.default_plugins.commands import with_progress
     from qponder_plugin.scorer import Scorer
 
     from .evaluate import evaluate
 
-    records = read_records(data, dataset, image_root, split, score_range)
+    sets = read_sets(data, dataset, image_root, split, score_range)
+    names = {label: name if len(sets) == 1 else f"{name}-{label}" for label in sets}
     with Scorer(model, backend=backend, profile=profile, batch_size=batch_size,
                 max_new_tokens=max_new_tokens) as scorer:
-        report = evaluate(scorer, list(records), out, think=think, n=samples, temperature=temperature, name=name,
-                          progress=with_progress)
-    click.echo(json.dumps(report["metrics"], indent=2))
-    click.echo(f"report: {Path(out) / (name + '.json')}  plot: {Path(out) / (name + '.png')}")
+        reports = {label: evaluate(scorer, list(records), out, think=think, n=samples, temperature=temperature,
+                                   name=names[label], progress=with_progress)
+                   for label, records in sets.items()}
+    if len(sets) == 1:
+        click.echo(json.dumps(next(iter(reports.values()))["metrics"], indent=2))
+    else:
+        click.echo(json.dumps({label: {**report["metrics"], "parse_failure_rate": report["parse_failure_rate"]}
+                               for label, report in reports.items()}, indent=2))
+    for label, base in names.items():
+        click.echo(f"{label + ' ' if len(sets) > 1 else ''}report: {Path(out) / (base + '.json')}  "
+                   f"plot: {Path(out) / (base + '.png')}")
