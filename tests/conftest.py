@@ -19,22 +19,24 @@ os.environ.pop("QPONDER_MODEL", None)
 DATA = Path(os.environ.get("QPONDER_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
+def shared_labels(folder: str, what: str) -> Path:
+    """``DATA/folder/labels.csv``; the test skips, naming ``what``, when it is not here."""
+    labels = DATA / folder / "labels.csv"
+    if not labels.is_file():
+        pytest.skip(f"{what} not present at {labels} (set QPONDER_TEST_DATA to the data folder)")
+    return labels
+
+
 @pytest.fixture(scope="session")
 def agiqa_labels() -> Path:
     """AGIQA-3K's labels.csv (with a train/val split column); the test skips when the data is not here."""
-    labels = DATA / "agiqa-3k" / "labels.csv"
-    if not labels.is_file():
-        pytest.skip(f"AGIQA-3K labels not present at {labels} (set QPONDER_TEST_DATA to the data folder)")
-    return labels
+    return shared_labels("agiqa-3k", "AGIQA-3K labels")
 
 
 @pytest.fixture(scope="session")
 def biq2021_sample() -> Path:
     """The BIQ2021 sample's labels.csv (200 train, 100 test photos; images in images/); skips when absent."""
-    labels = DATA / "biq2021-sample" / "labels.csv"
-    if not labels.is_file():
-        pytest.skip(f"the BIQ2021 sample is not present at {labels} (set QPONDER_TEST_DATA to the data folder)")
-    return labels
+    return shared_labels("biq2021-sample", "the BIQ2021 sample")
 
 
 @pytest.fixture(scope="session")

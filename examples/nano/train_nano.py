@@ -108,15 +108,6 @@ def describe_nano(checkpoint: Path, timings: dict, n_val: int, origin: str) -> s
             f"{nothink:.3f} s/image with `--no-think`.")
 
 
-def standardised(records: list) -> list[float]:
-    """The MOS of ``records`` at zero mean and unit deviation within their own set, so that sets rated on different
-    scales and by different panels share one target."""
-    import numpy as np
-
-    mos = np.array([r.mos for r in records], dtype=float)
-    return ((mos - mos.mean()) / max(mos.std(), 1e-6)).tolist() if len(mos) else []
-
-
 def share_weights(generated: int, photos: int, share: float) -> list[float] | None:
     """Per-image sampling weights that draw ``share`` of the images from the photos (listed after the generated
     images); None, a plain pass over every image, when there are no photos."""
@@ -235,8 +226,8 @@ def main() -> None:
     if args.tune_epochs:
         if not done("tune"):
             with stage("vision-tune", timings):
-                tune_vision(start, [str(r.image) for r in tune_records],
-                            standardised(train_records) + standardised(photo_train), out / "tune",
+                tune_vision(start, [str(r.image) for r in tune_records], [r.mos for r in tune_records], out / "tune",
+                            sets=[0] * len(train_records) + [1] * len(photo_train),
                             score_weight=TUNE_MOS_WEIGHT, epochs=1 if args.smoke else args.tune_epochs,
                             learning_rate=args.tune_lr, fresh_learning_rate=args.tune_fresh_lr, bf16=args.bf16,
                             seed=args.seed, weights=share_weights(len(train_records), len(photo_train),

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[float], output_dir: str | Path, *,
                 score_weight: float = 1.0, epochs: float = 10, batch_size: int = 32, learning_rate: float = 1e-3,
                 fresh_learning_rate: float | None = None, bf16: bool = False, seed: int = 0,
-                weights: Sequence[float] | None = None, probe: dict[str, tuple[list[str], list[float]]] | None = None,
-                log_every: int = 10) -> Path:
+                sets: Sequence[int] | None = None, weights: Sequence[float] | None = None,
+                probe: dict[str, tuple[list[str], list[float]]] | None = None, log_every: int = 10) -> Path:
     """Fine-tune the vision tower of ``checkpoint`` on ``scores`` (one MOS per image); write the whole model to
     ``output_dir``.
 
@@ -35,11 +35,12 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
     merger and the temporary head, while the tower's blocks keep ``learning_rate``. With ``bf16``, the tower's forward
     passes run under bfloat16 autocast (faster on CPUs with AMX and on recent GPUs; the weights, the optimiser and the
     patch embedding stay float32). Unreadable images are skipped with a warning, with their scores. Runs on CUDA when
-    available. Without ``weights``, each epoch visits every image once; with them (one per image), each batch draws
-    images with replacement in proportion to their weights, for ``epochs`` times as many image-steps as images.
-    ``probe`` maps a name to held-out ``(images, scores)``: after training, the head reads the whole image (no crop)
-    and the SRCC of each set goes to ``tune_probe.json``. Returns ``output_dir``; the per-step losses (total and
-    MOS) go to ``tune_log.json``.
+    available. ``sets`` (one id per image) standardises the MOS within each set, for sets rated on different scales or
+    by different panels; by default, all images are one set. Without ``weights``, each epoch visits every image once;
+    with them (one per image), each batch draws images with replacement in proportion to their weights, for ``epochs``
+    times as many image-steps as images. ``probe`` maps a name to held-out ``(images, scores)``: after training, the
+    head reads the whole image (no crop) and the SRCC of each set goes to ``tune_probe.json``. Returns ``output_dir``;
+    the per-step losses (total and MOS) go to ``tune_log.json``.
     """
     import torch
     import torch.nn.functional as F
@@ -66,7 +67,11 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
     pictures, kept = _load(images, side, resize)
     cell = model.config.vision_config.patch_size * model.config.vision_config.spatial_merge_size  # one output token
     augment = v2.Compose([v2.RandomCrop(native_crop(side, cell)), v2.RandomHorizontalFlip()])
-    mos = _standardised(torch.tensor([float(scores[i]) for i in kept])).to(device)  # of the images read
+    mos = torch.tensor([float(scores[i]) for i in kept])  # of the images read
+    members = torch.tensor([0 if sets is None else sets[i] for i in kept])
+    for member in members.unique():
+        mos[members == member] = _standardised(mos[members == member])
+    mos = mos.to(device)
     score_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, 1).to(device)
     blocks, merger = tower_parts(tower)
     groups = [{"params": blocks, "lr": learning_rate},
@@ -86,10 +91,7 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
             order += rng.sample(range(len(pictures)), len(pictures))
         batch, order = order[:batch_size], order[batch_size:]
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):  # the weights stay float32
-            crops = [augment(pictures[i]) for i in batch]
-            inputs = processor.image_processor(images=crops, return_tensors="pt").to(device)
-            tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
-            pooled = tokens.reshape(len(crops), -1, tokens.shape[-1]).mean(1)
+            pooled = _pooled(tower, processor, [augment(pictures[i]) for i in batch], device)
             mos_loss = F.mse_loss(score_head(pooled).squeeze(1), mos[batch])
             loss = score_weight * mos_loss
         optimizer.zero_grad()
@@ -110,10 +112,7 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
                 shown, read = _load(paths, side, resize)
                 predicted = []
                 for start in range(0, len(shown), batch_size):
-                    inputs = processor.image_processor(images=shown[start:start + batch_size],
-                                                       return_tensors="pt").to(device)
-                    tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
-                    pooled = tokens.reshape(len(shown[start:start + batch_size]), -1, tokens.shape[-1]).mean(1)
+                    pooled = _pooled(tower, processor, shown[start:start + batch_size], device)
                     predicted += score_head(pooled).squeeze(1).tolist()
                 readout[name] = metrics(predicted, [float(values[i]) for i in read])
                 print(f"vision fine-tune probe, {name}: SRCC {readout[name]['srcc']:.3f}", flush=True)
@@ -123,6 +122,13 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
     if readout:
         (output_dir / "tune_probe.json").write_text(json.dumps(readout, indent=2, default=str))
     return output_dir
+
+
+def _pooled(tower, processor, pictures: list, device: str):
+    """The mean of the tower's output tokens for each picture (all of one size)."""
+    inputs = processor.image_processor(images=pictures, return_tensors="pt").to(device)
+    tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+    return tokens.reshape(len(pictures), -1, tokens.shape[-1]).mean(1)
 
 
 def _load(images: Sequence[str], side: int, resize) -> tuple[list, list[int]]:
