@@ -238,6 +238,9 @@ def test_model_card_names_its_origin():
     tuned = model_card({"weights": "ignored: the base says it"}, base_model="org/base", adapter=True)
     assert "- Base model: `org/base`\n- Weights: LoRA adapter merged into `org/base`\n" in tuned
     assert 'load_scorer("path/to/export")' in scratch
+    assert "Variants tried" not in scratch
+    tried = model_card({"variants": ["more blocks: too slow", "a larger input: too slow"]}, base_model=None)
+    assert tried.endswith("## Variants tried\n\n- more blocks: too slow\n- a larger input: too slow\n")
 
 
 @pytest.mark.model

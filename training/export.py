@@ -113,7 +113,7 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, base_mo
     - ``README.md`` is a model card built from ``card``: keys ``data``, ``settings``, ``metrics`` (a metrics dict,
       an :func:`~qponder_plugin.training.evaluate.evaluate` report, or a mapping of eval name to either),
       ``limits``; optional ``name``, ``description``, ``license``, ``tags``, ``weights`` (how a model without a base
-      was made). Missing sections say "not recorded".
+      was made), ``variants`` (lines on what was tried and lost). Missing sections say "not recorded".
 
     The input checkpoint is never modified or deleted. A non-empty ``out_dir`` is refused unless
     ``overwrite=True``; the folder is built next to it and swapped in only when complete. ``dtype`` is passed to
@@ -309,4 +309,6 @@ The folder is a plain transformers checkpoint (safetensors, processor included),
 
 {_section(card.get("limits"))}
 """
+    if card.get("variants"):  # what was tried and lost, one line each
+        body += f"\n## Variants tried\n\n{_section(card['variants'])}\n"
     return "\n".join(front) + "\n" + body
