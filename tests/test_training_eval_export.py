@@ -247,7 +247,7 @@ def test_model_card_names_its_origin():
 def test_export_merges_lora(lora):
     import torch
     from qponder_plugin.training.export import export
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     adapter_files = sorted(p.name for p in lora["adapter"].iterdir())
     assert "adapter_config.json" in adapter_files
@@ -261,6 +261,7 @@ def test_export_merges_lora(lora):
     for name in ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer.json",
                  "chat_template.jinja", "generation_config.json", "qponder.json", "README.md"):
         assert (out / name).is_file(), name
+    assert AutoProcessor.from_pretrained(out).tokenizer.padding_side == "left"  # for batched generation
 
     merged = AutoModelForImageTextToText.from_pretrained(out).eval()
     with torch.no_grad():

@@ -142,6 +142,8 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, base_mo
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         model.save_pretrained(staging)
+        # batched generation pads on the left, whatever training left; init_kwargs is what save_pretrained writes
+        processor.tokenizer.padding_side = processor.tokenizer.init_kwargs["padding_side"] = "left"
         processor.save_pretrained(staging)
         image_processor = getattr(processor, "image_processor", None)
         if image_processor is not None and not (staging / "preprocessor_config.json").exists():
