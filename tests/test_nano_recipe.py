@@ -19,12 +19,14 @@ def run_recipe(labels: Path, photos: Path, out: Path, *options: str) -> dict:
                            "--photos", str(photos), "--photos-root", str(photos.parent / "images"), "--out", str(out),
                            "--smoke", *options], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("sft", "grpo-nothink", "export"):
+    evals = ("base", "export") if "--base" in options else ("sft", "grpo-nothink", "export")
+    for name in evals:
         for label in ("agiqa-3k-val", "photos-test"):
             report = json.loads((out / "eval" / f"{name}-{label}.json").read_text())
             assert report["counts"]["total"] == 8
     card = (out / "export" / "README.md").read_text()
-    assert "qponder-nano" in card and "exported float16 weights" in card
+    assert "qponder-nano" in card and "after the photo SFT, exported float16 weights" in card
+    assert "## Variants tried" in card
     return json.loads((out / "summary.json").read_text())
 
 
@@ -38,22 +40,29 @@ def needs_dinov2() -> None:
 
 
 def test_recipe_smoke_run(agiqa_labels, biq2021_sample, tmp_path):
-    """The default: DINOv2-S's first blocks transplanted, fine-tuned on both sets, then SFT, GRPO and a float16
-    export, each evaluated on AGIQA-3K val and the test photos."""
+    """The default: DINOv2-S's first blocks transplanted and fine-tuned, SFT and GRPO on AGIQA-3K, then the photo SFT
+    on both sets and a float16 export, each evaluated on AGIQA-3K val and the test photos. Then ``--base`` adds the
+    photos to that run's GRPO model alone."""
     import torch
     from safetensors import safe_open
 
     needs_dinov2()
     summary = run_recipe(agiqa_labels, biq2021_sample, tmp_path)
     assert list(summary["timings_s"]) == ["distill", "tokenizer+init", "vision-transplant", "vision-tune", "sft",
-                                          "eval-sft", "grpo", "eval-grpo-nothink", "export",
+                                          "eval-sft", "grpo", "eval-grpo-nothink", "photo-sft", "export",
                                           "eval-export", "model-card"]
     distilled = [json.loads(line)["image"] for line in (tmp_path / "distill.jsonl").read_text().splitlines()]
     assert (len(distilled), sum("biq2021-sample" in image for image in distilled)) == (24, 8)
     assert set(json.loads((tmp_path / "tune" / "tune_probe.json").read_text())) == {"agiqa-3k val", "photos test"}
     assert "reported on 8 test photos" in (tmp_path / "export" / "README.md").read_text()
-    for stage in ("init", "transplant", "tune", "sft", "grpo", "export"):
+    for stage in ("init", "transplant", "tune", "sft", "grpo", "photos", "export"):
         assert (tmp_path / stage / "model.safetensors").is_file(), stage
     with safe_open(str(tmp_path / "export" / "model.safetensors"), "pt") as weights:
         assert weights.get_tensor("visual.blocks.4.attn.qkv.weight").dtype == torch.float16
     assert not (tmp_path / "warmup").exists()
+
+    added = run_recipe(agiqa_labels, biq2021_sample, tmp_path / "added", "--base", str(tmp_path / "grpo"))
+    assert list(added["timings_s"]) == ["distill", "eval-base", "photo-sft", "export", "eval-export", "model-card"]
+    assert set(added["val"]) == {"base", "export"}
+    assert f"of the base, `{tmp_path / 'grpo'}`" in (tmp_path / "added" / "export" / "README.md").read_text()
+    assert not (tmp_path / "added" / "tune").exists()
