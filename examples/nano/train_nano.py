@@ -252,8 +252,7 @@ def main() -> None:
             print(f"[eval-{name}] reused", flush=True)
             return {label: summarise(json.loads(f.read_text())) for label, f in files.items()}
         with stage(f"eval-{name}", timings), load_scorer(checkpoint, max_new_tokens=160) as scorer:
-            return {label: summarise(evaluate(scorer, records, out / "eval", think=think,
-                                              name=f"{name}-{label.replace(' ', '-')}"))
+            return {label: summarise(evaluate(scorer, records, out / "eval", think=think, name=files[label].stem))
                     for label, records in sets.items()}
 
     sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3,
