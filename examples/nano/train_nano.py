@@ -73,7 +73,7 @@ PHOTO_VARIANTS = [
     "gains within noise, photos lose 0.021 against 2,000.",
     "The whole recipe in one run on a CPU without AMX, seeds 0 and 1: AGIQA-3K val 0.773 and 0.779, BIQ2021 test "
     "0.487 and 0.467; each loses on one set against these weights (-0.023 [-0.045, -0.002] on AGIQA-3K, -0.032 "
-    "[-0.053, -0.010] on photos), its tower probing 0.772 and 0.776 against 0.795.",
+    "[-0.053, -0.010] on photos); their towers probe at 0.772 and 0.776 against these weights' 0.795.",
     "The vision fine-tune continued from the AGIQA-3K tower, 100 steps with half the draws photos: its linear probe "
     "read AGIQA-3K val 0.701, BIQ2021 test 0.560 (not carried on).",
     "More DINOv2-S blocks: their frozen features, fit on both sets, probe at 0.744 / 0.721 with 8 blocks and 0.756 / "
