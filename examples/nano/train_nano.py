@@ -71,11 +71,16 @@ PHOTO_VARIANTS = [
     "test 0.415 (PLCC 0.824 / 0.612); five photos to each AGIQA-3K image cost both rankings.",
     "The photo SFT on 1,000 train photos (`--sft-photos 1000`): AGIQA-3K val 0.810, BIQ2021 test 0.477; AGIQA-3K "
     "gains within noise, photos lose 0.021 against 2,000.",
+    "The photo SFT teaching the bare answer too, as the first SFT does: AGIQA-3K val 0.792, BIQ2021 test 0.497; "
+    "without reasoning 0.786 and 0.526 against these weights' 0.803 and 0.502, a trade between the sets.",
     "The whole recipe in one run on a CPU without AMX, seeds 0 and 1: AGIQA-3K val 0.773 and 0.779, BIQ2021 test "
     "0.487 and 0.467; each loses on one set against these weights (-0.023 [-0.045, -0.002] on AGIQA-3K, -0.032 "
     "[-0.053, -0.010] on photos); their towers probe at 0.772 and 0.776 against these weights' 0.795.",
     "The vision fine-tune continued from the AGIQA-3K tower, 100 steps with half the draws photos: its linear probe "
     "read AGIQA-3K val 0.701, BIQ2021 test 0.560 (not carried on).",
+    "These weights shown images at 364 pixels instead of 252, without retraining (the processor's pixel budget "
+    "raised): without reasoning AGIQA-3K val 0.751, BIQ2021 test 0.479 against 0.803 and 0.502; the tower reads the "
+    "scale it was tuned at.",
     "More DINOv2-S blocks: their frozen features, fit on both sets, probe at 0.744 / 0.721 with 8 blocks and 0.756 / "
     "0.734 with 12, but each block beyond 4 costs about 0.015 s per image on a 2-core CPU, past the speed budget.",
 ]
