@@ -73,6 +73,9 @@ PHOTO_VARIANTS = [
     "gains within noise, photos lose 0.021 against 2,000.",
     "The photo SFT at seeds 1 and 2 (other samples of 2,000 photos, other orders): AGIQA-3K val 0.773 and 0.792, "
     "BIQ2021 test 0.471 and 0.474; the stage's seed alone moves each set by up to 0.03.",
+    "The photo SFT at seeds 0, 1 and 2 with their weights averaged (a model soup): AGIQA-3K val 0.791, BIQ2021 "
+    "test 0.484, about the mean of the three runs; against these weights -0.005 [-0.018, +0.006] and -0.015 "
+    "[-0.023, -0.007].",
     "The photo SFT teaching the bare answer too, as the first SFT does: AGIQA-3K val 0.792, BIQ2021 test 0.497; "
     "without reasoning 0.786 and 0.526 against these weights' 0.803 and 0.502, a trade between the sets.",
     "The whole recipe in one run on a CPU without AMX, seeds 0 and 1: AGIQA-3K val 0.773 and 0.779, BIQ2021 test "
