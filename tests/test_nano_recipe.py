@@ -66,3 +66,14 @@ def test_recipe_smoke_run(agiqa_labels, biq2021_sample, tmp_path):
     assert set(added["val"]) == {"base", "export"}
     assert f"of the base, `{tmp_path / 'grpo'}`" in (tmp_path / "added" / "export" / "README.md").read_text()
     assert not (tmp_path / "added" / "tune").exists()
+
+
+def test_shipped_card_keeps_the_recipes_limits_and_variants():
+    """The bundled model card carries the recipe's Limits and its list of variants tried, word for word: the card
+    is edited by hand when a variant is measured after the weights were made."""
+    from train_nano import LIMITS, PHOTO_VARIANTS
+
+    card = (ROOT / "qponder_plugin" / "nano" / "README.md").read_text()
+    assert f"## Limits\n\n{LIMITS}\n" in card
+    variants = card.split("## Variants tried\n\n")[1].strip().splitlines()
+    assert variants == [f"- {variant}" for variant in PHOTO_VARIANTS]
