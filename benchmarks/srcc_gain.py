@@ -4,10 +4,10 @@ Reads two reports written by ``qponder eval`` (or the recipe's eval stage; ``<na
 ``rows``), keeps the images both scored, and prints each SRCC, the difference and its 95% percentile interval from
 resampling images with replacement (the same images for both models). Images of one prompt are correlated; with
 ``--labels`` (the label file the reports were scored from) whole groups (prompts) are resampled instead, which
-respects that correlation.
+respects that correlation. ``--only`` keeps the images whose path contains a text, such as one BIQ2021 subset.
 
     .venv/bin/python benchmarks/srcc_gain.py runs/nano/eval/sft.json runs/nano/eval/grpo.json \
-        [--labels ../shared/data/agiqa-3k/labels.csv]
+        [--labels ../shared/data/agiqa-3k/labels.csv] [--only ss03]
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ def main() -> None:
     parser.add_argument("before", type=Path, help="the baseline's report JSON")
     parser.add_argument("after", type=Path, help="the candidate's report JSON")
     parser.add_argument("--labels", type=Path, help="label file with groups: resample groups, not images")
+    parser.add_argument("--only", help="keep only the images whose path contains this text (e.g. ss03)")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     before, after = scored(args.before), scored(args.after)
-    images = sorted(before.keys() & after.keys())
+    images = sorted(i for i in before.keys() & after.keys() if args.only is None or args.only in i)
     mos = np.array([before[i][0] for i in images])
     a, b = (np.array([scores[i][1] for i in images]) for scores in (before, after))
     options = dict(vectorized=False, n_resamples=args.resamples, method="percentile", random_state=args.seed)
