@@ -93,7 +93,8 @@ PHOTO_VARIANTS = [
     "raised): without reasoning AGIQA-3K val 0.751, BIQ2021 test 0.479 against 0.803 and 0.502; the tower reads the "
     "scale it was tuned at.",
     "More DINOv2-S blocks: their frozen features, fit on both sets, probe at 0.744 / 0.721 with 8 blocks and 0.756 / "
-    "0.734 with 12, but each block beyond 4 costs about 0.015 s per image on a 2-core CPU, past the speed budget.",
+    "0.734 with 12, but DINOv2-S's own pass costs about 0.015 s per image a block on a 2-core CPU, which puts 12 "
+    "blocks past the speed budget.",
     "The whole recipe with a tower from 7 DINOv2-S blocks (`--transplant-blocks 7`), seed 0, on a CPU without AMX: "
     "AGIQA-3K val 0.736, BIQ2021 test 0.453 (-0.061 [-0.101, -0.020] and -0.045 [-0.075, -0.017] against these "
     "weights), at 0.167 s per image with reasoning.",
