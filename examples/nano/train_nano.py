@@ -84,9 +84,10 @@ PHOTO_VARIANTS = [
     "AGIQA-3K PLCC 0.016 lower.",
     "The photo SFT teaching the bare answer too, as the first SFT does: AGIQA-3K val 0.792, BIQ2021 test 0.497; "
     "without reasoning 0.786 and 0.526 against these weights' 0.803 and 0.502, a trade between the sets.",
-    "The whole recipe in one run on a CPU without AMX, seeds 0 and 1: AGIQA-3K val 0.773 and 0.779, BIQ2021 test "
-    "0.487 and 0.467; each loses on one set against these weights (-0.023 [-0.045, -0.002] on AGIQA-3K, -0.032 "
-    "[-0.053, -0.010] on photos); their towers probe at 0.772 and 0.776 against these weights' 0.795.",
+    "The whole recipe in one run on a CPU without AMX, seeds 0, 1 and 2: AGIQA-3K val 0.773, 0.779 and 0.759, "
+    "BIQ2021 test 0.487, 0.467 and 0.432; against these weights the first two lose on one set each (-0.023 [-0.045, "
+    "-0.002] on AGIQA-3K, -0.032 [-0.053, -0.010] on photos) and the third on both (-0.037 [-0.067, -0.010] and "
+    "-0.067 [-0.094, -0.040]); their towers probe at 0.772, 0.776 and 0.783 against these weights' 0.795.",
     "The vision fine-tune continued from the AGIQA-3K tower, 100 steps with half the draws photos: its linear probe "
     "read AGIQA-3K val 0.701, BIQ2021 test 0.560 (not carried on).",
     "These weights shown images at 364 pixels instead of 252, without retraining (the processor's pixel budget "
