@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 from PIL import Image
+from qponder_plugin.training.cli import eval_command, read_records
 from qponder_plugin.training.data import (
     DATASETS,
     MosRecord,
@@ -231,6 +234,64 @@ def test_generic_bad_labels_are_clear_errors(tmp_path):
         read_mos(tmp_path / "odd.csv", dataset="tid2013")
     with pytest.raises(FileNotFoundError):
         read_mos(tmp_path / "absent.csv", score_range=(1, 5))
+
+
+# --- where the images are ----------------------------------------------------------------------------------------
+
+def test_images_folder_beside_the_file_is_found(biq2021_sample):
+    found = read_mos(biq2021_sample, score_range=(0, 1))
+    images = biq2021_sample.parent / "images"
+    assert (len(found), found.skipped) == (300, ())
+    assert found.image_root == str(images)
+    assert found.roots_tried == (str(biq2021_sample.parent), str(images))
+    assert all(Path(r.image).parent == images for r in found)
+    assert {r.split for r in found} == {"train", "test"}
+
+
+def test_images_beside_the_file_win_over_images_folder(tmp_path):
+    (tmp_path / "images").mkdir()
+    for folder in (tmp_path, tmp_path / "images"):
+        Image.new("RGB", (4, 4)).save(folder / "x.png")
+    (tmp_path / "labels.csv").write_text("image,mos\nx.png,3\ny.png,4\n")
+    found = read_mos(tmp_path / "labels.csv", score_range=(1, 5))
+    assert (found.image_root, found.roots_tried) == (str(tmp_path), (str(tmp_path),))
+    assert [r.image for r in found] == [str(tmp_path / "x.png")]
+    assert found.skipped == ((str(tmp_path / "y.png"), "missing: no such file"),)
+    given = read_mos(tmp_path / "labels.csv", score_range=(1, 5), image_root=tmp_path / "elsewhere")
+    assert (len(given), given.roots_tried) == (0, (str(tmp_path / "elsewhere"),))  # a given root is not second-guessed
+
+
+def test_no_images_anywhere_is_a_usage_error_naming_the_path(tmp_path):
+    (tmp_path / "labels.csv").write_text("image,mos\nsub/a.png,3\nb.png,4\n")
+    with pytest.raises(click.UsageError) as error:
+        read_records(tmp_path / "labels.csv", None, None, None, (1, 5))
+    message = error.value.message
+    assert f"2 of 2 images not found (first: {tmp_path / 'sub' / 'a.png'};" in message
+    assert f"looked in {tmp_path}, {tmp_path / 'images'})" in message
+    assert message.endswith("pass --image-root DIR, the folder the paths in labels.csv are relative to")
+
+
+def test_some_images_missing_warns_with_the_path(tmp_path, capsys):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "labels.csv").write_text("image,mos\na.png,3\ngone.png,4\nbad.png,2\n")
+    found = read_records(tmp_path / "labels.csv", None, None, None, (1, 5))
+    assert [Path(r.image).name for r in found] == ["a.png"]
+    err = capsys.readouterr().err
+    assert f"skipped 1 unreadable images (first: {tmp_path / 'bad.png'}: corrupt: " in err
+    assert (f"labels.csv: 1 of 3 images not found, skipped (first: {tmp_path / 'gone.png'}; looked in {tmp_path}); "
+            "pass --image-root DIR") in err
+
+
+def test_eval_fails_fast_when_no_image_is_found(tmp_path):
+    (tmp_path / "labels.csv").write_text("image,mos\na.png,3\n")
+    model = tmp_path / "model"  # a folder resolves as a model without loading anything
+    model.mkdir()
+    result = CliRunner().invoke(eval_command, ["--data", tmp_path / "labels.csv", "--score-range", "1", "5",
+                                               "-m", model, "--out", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert f"1 of 1 images not found (first: {tmp_path / 'a.png'};" in result.output
+    assert "pass --image-root DIR" in result.output and not (tmp_path / "out").exists()
 
 
 # --- group split ---------------------------------------------------------------------------------------------------

@@ -86,8 +86,20 @@ def read_records(data, dataset, image_root, split, score_range):
 
     mos_set = read_mos(data, dataset=dataset, image_root=image_root, split=split,
                        score_range=tuple(score_range) if score_range else None)
-    if mos_set.skipped:
-        click.echo(f"skipped {len(mos_set.skipped)} unreadable images (first: {mos_set.skipped[0][1]})", err=True)
+    if mos_set.roots_tried and mos_set.image_root != mos_set.roots_tried[0]:
+        click.echo(f"{data}: images found in {mos_set.image_root} (not in {mos_set.roots_tried[0]})", err=True)
+    missing = [image for image, reason in mos_set.skipped if reason.startswith("missing")]
+    unreadable = [(image, reason) for image, reason in mos_set.skipped if not reason.startswith("missing")]
+    if unreadable:
+        click.echo(f"skipped {len(unreadable)} unreadable images (first: {': '.join(unreadable[0])})", err=True)
+    if missing:
+        message = (f"{data}: {len(missing)} of {len(mos_set) + len(mos_set.skipped)} images not found"
+                   f"{', skipped' if len(mos_set) else ''} (first: {missing[0]}; looked in "
+                   f"{', '.join(mos_set.roots_tried)}); pass --image-root DIR, the folder the paths in "
+                   f"{Path(data).name} are relative to")
+        if not len(mos_set):
+            raise click.UsageError(message)
+        click.echo(message, err=True)
     if not len(mos_set):
         raise click.UsageError(f"{data}: no usable rows")
     return mos_set

