@@ -39,6 +39,8 @@ from pathlib import Path
 import engines
 from engines import CPU_ENGINE, engine_env, engine_python, stop
 
+from qponder_plugin.result import reading_mode
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path(__file__).resolve().parent
 LOG_DIR = ROOT / ".cache" / "bench"
@@ -188,7 +190,7 @@ def summarize(name: str, setting: str, run: dict, reference: dict | None) -> dic
     ms = statistics.fmean(row[2] for row in rows if row[2] is not None)
     diffs = [abs(row[1] - ref[1]) for row, ref in zip(rows, reference["rows"] if reference else [])
              if row[1] is not None and ref[1] is not None]
-    return {"backend": name, "mode": "think" if run["think"] else "no-think", "setting": setting,
+    return {"backend": name, "mode": reading_mode(run["think"]), "setting": setting,
             "images_per_s": 1000 / ms, "ms_per_image": ms, "wall_images_per_s": len(rows) / run["wall_s"],
             "ok": sum(row[0] == "ok" for row in rows), "images": len(rows),
             "max_score_diff": max(diffs) if diffs else None, "compared": len(diffs),

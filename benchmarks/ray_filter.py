@@ -25,12 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from qponder_plugin.filtering import FilterRun
-from qponder_plugin.fingerprint import scoring_config
-from qponder_plugin.gate import QualityGate
-from qponder_plugin.ray_engine import RayFilterRun, RayOptions
-from qponder_plugin.sources import collect_inputs
-from qponder_plugin.store import ResultStore
+from qponder_plugin.filter.engine import FilterRun
+from qponder_plugin.filter.options import FilterOptions, RayOptions
+from qponder_plugin.filter.ray_engine import RayFilterRun
+from qponder_plugin.filter.sources import collect_inputs
+from qponder_plugin.filter.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ROOT.parent / "shared" / "data" / "agiqa-3k" / "labels.csv"
@@ -51,14 +50,13 @@ def pick_images(count: int, folder: Path) -> str:
 
 def run(engine: str, inputs, args, workers: int = 1) -> tuple[float, dict]:
     """A filter run into a fresh store: wall seconds (model load included) and the summary."""
+    options = FilterOptions(threshold=args.threshold, model=args.model, engine=engine,
+                            ray=RayOptions(workers=workers, batch_size=8))
     with tempfile.TemporaryDirectory() as scratch, ResultStore(Path(scratch) / "s.sqlite") as store, \
-            QualityGate(args.threshold, model=args.model, batch_size=8) as gate:
-        config = scoring_config(args.model)
+            options.gate() as gate:
+        config = options.scoring_config()
         started = time.perf_counter()
-        if engine == "local":
-            filter_run = FilterRun(store, gate, config)
-        else:
-            filter_run = RayFilterRun(store, gate, config, RayOptions(workers=workers, batch_size=8))
+        filter_run = (FilterRun if engine == "local" else RayFilterRun)(store, gate, config, options)
         for _ in filter_run.outcomes(filter_run.settle(inputs)):
             pass
         return time.perf_counter() - started, filter_run.summary.to_dict()

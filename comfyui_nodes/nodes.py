@@ -19,7 +19,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from qponder_plugin import Assessment, QualityGate, list_models
-from qponder_plugin.gate import GATE_MODES
+from qponder_plugin.gate import STRATEGIES
 from qponder_plugin.registry import get_backends
 
 from . import models
@@ -165,10 +165,10 @@ def assess(images, model: ModelSettings | None = None) -> Result:
                   text=[line(i, a) for i, a in enumerate(results)])
 
 
-def gate(images, threshold: float, mode: str, without_blocker: str, model: ModelSettings | None = None) -> Result:
+def gate(images, threshold: float, strategy: str, without_blocker: str, model: ModelSettings | None = None) -> Result:
     settings = model or models.DEFAULT
     verdicts = in_batches(settings, frames_of(images), lambda scorer, chunk: (
-        verdict for _, verdict in QualityGate(threshold, scorer=scorer, mode=mode).verdicts(chunk)))
+        verdict for _, verdict in QualityGate(threshold, scorer=scorer, strategy=strategy).verdicts(chunk)))
     passed = [i for i, v in enumerate(verdicts) if v.passed]
     rejected = [i for i, v in enumerate(verdicts) if not v.passed]
     text = [line(i, v.assessment, ("passed" if v.passed else "rejected") + (f" ({v.note})" if v.note else ""))
@@ -273,8 +273,8 @@ NODES = (
          "not run the nodes behind it; ComfyUI before 0.3 cannot skip them: see without_blocker.",
          (In("images", "IMAGE", "The images to judge."),
           In("threshold", "FLOAT", "The lowest score (1-5) that passes.", default=3.0, min=1.0, max=5.0, step=0.05),
-          In("mode", "COMBO", "cascade: fast score, reasoning near the threshold; fast: no reasoning; think: "
-             "always reason.", default="cascade", choices=GATE_MODES),
+          In("strategy", "COMBO", "cascade: fast score, reasoning near the threshold; fast: no reasoning; think: "
+             "always reason.", default="cascade", choices=STRATEGIES),
           In("without_blocker", "COMBO", "On a ComfyUI without ExecutionBlocker, an empty side raises a clear "
              "error, or interrupts the prompt.", default="error", choices=WITHOUT_BLOCKER),
           MODEL_INPUT),

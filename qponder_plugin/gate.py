@@ -1,9 +1,11 @@
 """The quality gate: keep or reject images against a score threshold, reasoning only where it matters.
 
-The default ``cascade`` scores every image in no-think mode (a probability score from one prefill) and reasons
-only about the images within ``margin`` of the threshold; that second reading decides. ``fast`` never reasons,
-``think`` always does. A think-mode parse error falls back to the no-think reading (and says so); an image that
-cannot be scored is rejected, kept but flagged, or raises, as ``on_error`` says.
+The gate is policy. Its ``strategy`` says which readings an image needs: ``cascade`` (the default) reads every
+image in no-think mode (a probability score from one prefill) and reasons only about the images within ``margin``
+of the threshold, whose reasoned reading decides; ``fast`` never reasons, ``think`` always does. A think-mode parse
+error falls back to the no-think reading (and says so); an image that cannot be scored is rejected, kept but
+flagged, or raises, as ``on_error`` says. :meth:`QualityGate.readout` runs this cascade over any
+:class:`~qponder_plugin.readings.Readings`: the gate's own scorer here, the filter's store and Ray elsewhere.
 
 >>> with QualityGate(3.5, model="nano") as gate:              # doctest: +SKIP
 ...     passed, rejected = gate.split(["a.jpg", "b.png"])
@@ -12,16 +14,18 @@ cannot be scored is rejected, kept but flagged, or raises, as ``on_error`` says.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .images import ImageSource
-from .result import Assessment
+from .readings import Readings, ScorerReadings
+from .result import Assessment, reading_mode
 from .scorer import Scorer
 
-GATE_MODES = ("cascade", "fast", "think")
+STRATEGIES = ("cascade", "fast", "think")
 ON_ERROR = ("reject", "keep", "raise")
 Stage = Literal["fast", "think", "fallback", "error"]
 
@@ -57,27 +61,40 @@ class Verdict:
                 "assessment": self.assessment.to_dict()}
 
 
+@dataclass
+class Readout:
+    """What the cascade read: ``fast`` (no-think) and ``think`` readings by key, and ``missing``, the keys whose
+    :class:`Readings` lacked a reading the cascade asked for (empty when the readings make what they lack)."""
+
+    fast: dict[Hashable, Assessment] = field(default_factory=dict)
+    think: dict[Hashable, Assessment] = field(default_factory=dict)
+    missing: set[Hashable] = field(default_factory=set)
+
+
 class QualityGate:
-    """Pass images whose score reaches ``threshold`` (1–5). One scorer serves both stages: pass your own as
+    """Pass images whose score reaches ``threshold`` (1–5). One scorer serves both readings: pass your own as
     ``scorer=`` (the gate never closes it), or the gate loads ``model`` on first use and frees it on ``close()``.
     Other keyword options (``profile``, ``batch_size``, ``max_pixels``, ``device``...) go to that :class:`Scorer`.
     """
 
     def __init__(self, threshold: float, *, model: str | None = None, backend: str | None = None,
-                 scorer: Scorer | None = None, mode: str = "cascade", margin: float = 0.25,
+                 scorer: Scorer | None = None, strategy: str = "cascade", margin: float = 0.25,
                  on_error: str = "reject", **scorer_options: Any):
+        if "mode" in scorer_options:  # the name of earlier releases
+            warnings.warn("QualityGate(mode=...) is now strategy=...", DeprecationWarning, stacklevel=2)
+            strategy = scorer_options.pop("mode")
         if not 1.0 <= threshold <= 5.0:
             raise ValueError(f"threshold {threshold} is outside the 1–5 score scale")
-        if mode not in GATE_MODES:
-            raise ValueError(f"mode must be one of {', '.join(GATE_MODES)}, not {mode!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
         if margin < 0:
             raise ValueError(f"margin must be 0 or more, not {margin}")
-        self.threshold, self.mode, self.margin, self.on_error = threshold, mode, margin, on_error
+        self.threshold, self.strategy, self.margin, self.on_error = threshold, strategy, margin, on_error
         self.model, self.backend, self.scorer_options = model, backend, scorer_options
         self._scorer, self._owns_scorer = scorer, scorer is None
-        self.calls: Counter[str] = Counter()  # images the model saw, by mode ("no-think", "think")
+        self.calls: Counter[str] = Counter()  # images this gate's scorer saw, by mode ("no-think", "think")
 
     def __enter__(self) -> QualityGate:
         return self
@@ -102,27 +119,37 @@ class QualityGate:
             self._scorer = Scorer(self.model, backend=self.backend, **self.scorer_options)
         return self._scorer
 
+    def settings(self) -> dict:
+        """What rebuilds this gate elsewhere (a Ray actor, say): its options, never its loaded scorer."""
+        return {"threshold": self.threshold, "model": self.model, "backend": self.backend, "strategy": self.strategy,
+                "margin": self.margin, "on_error": self.on_error, **self.scorer_options}
+
     def __repr__(self) -> str:
-        return f"QualityGate(threshold={self.threshold}, mode={self.mode!r}, margin={self.margin})"
-
-    def score(self, images: list[ImageSource], *, think: bool) -> list[Assessment]:
-        """Score ``images`` in one mode, counting the images the model saw; nothing is loaded for an empty list."""
-        if not images:
-            return []
-        return self.count(self.scorer.assess_batch(images, think=think), think)
-
-    def count(self, results: list[Assessment], think: bool) -> list[Assessment]:
-        """Count ``results`` (made by this gate's scorer, here or elsewhere) as images the model saw."""
-        self.calls["think" if think else "no-think"] += sum(r.status != "image_error" for r in results)
-        return results
+        return f"QualityGate(threshold={self.threshold}, strategy={self.strategy!r}, margin={self.margin})"
 
     def needs_reasoning(self, fast: Assessment | None) -> bool:
-        """Whether an image with this no-think reading (None: not read) is scored again with reasoning."""
-        if self.mode == "think":
+        """Whether an image with this no-think reading (None: not read) is read again with reasoning."""
+        if self.strategy == "think":
             return True
-        if self.mode == "fast" or fast is None or not fast.ok:
+        if self.strategy == "fast" or fast is None or not fast.ok:
             return False
         return abs(fast.score - self.threshold) <= self.margin
+
+    def readout(self, keys: list[Hashable], readings: Readings) -> Readout:
+        """The cascade over ``keys``: the no-think readings (unless the strategy is ``think``), the reasoned ones
+        of the images that need reasoning, and the no-think ones of those whose reasoning did not parse."""
+        out = Readout()
+
+        def ask(wanted: list[Hashable], mode: str) -> dict[Hashable, Assessment]:
+            got = readings.read(wanted, mode) if wanted else {}
+            out.missing.update(k for k in wanted if k not in got)
+            return got
+
+        out.fast = ask(keys, "no-think") if self.strategy != "think" else {}
+        out.think = ask([k for k in keys if self.needs_reasoning(out.fast.get(k))], "think")
+        out.fast.update(ask([k for k in keys if k not in out.fast and k in out.think
+                             and out.think[k].status == "parse_error"], "no-think"))
+        return out
 
     def decide(self, fast: Assessment | None, think: Assessment | None) -> Verdict:
         """The verdict from the readings at hand: the reasoned one when there is one, else the no-think one."""
@@ -136,6 +163,14 @@ class QualityGate:
             return Verdict(fast.score >= self.threshold, fast, "fallback",
                            note=f"the reasoning did not parse ({think.error}); the no-think score decided")
         return self._error(fast)
+
+    def verdict(self, readout: Readout, key: Hashable) -> Verdict:
+        return self.decide(readout.fast.get(key), readout.think.get(key))
+
+    def failure(self, source: str, error: str | None, model: str | None, status: str = "image_error") -> Assessment:
+        """The reading of an input that has none: it could not be read, or its whole batch failed."""
+        return Assessment(source=source, status=status, error=error, model=model,
+                          mode=reading_mode(self.strategy == "think"))
 
     def _error(self, assessment: Assessment) -> Verdict:
         if self.on_error == "raise":
@@ -151,20 +186,11 @@ class QualityGate:
         while chunk := list(itertools.islice(iterator, chunk_size)):
             yield from zip(chunk, self._verdict_chunk(chunk))
 
-    def readings(self, keys: list, read: Callable[[list, bool], dict]) -> tuple[dict, dict]:
-        """The cascade's readings of ``keys``: ``(no-think, think)`` dicts by key. ``read(keys, think)`` returns a
-        reading for each key it is given (the gate scores; the filter also answers from its store)."""
-        fast = read(keys, False) if self.mode != "think" else {}
-        think = read([k for k in keys if self.needs_reasoning(fast.get(k))], True)
-        fast.update(read([k for k in keys if k not in fast and think[k].status == "parse_error"], False))
-        return fast, think
-
     def _verdict_chunk(self, images: list[ImageSource]) -> list[Verdict]:
-        def read(indices: list[int], think: bool) -> dict:
-            return dict(zip(indices, self.score([images[i] for i in indices], think=think)))
-
-        fast, think = self.readings(list(range(len(images))), read)
-        return [self.decide(fast.get(i), think.get(i)) for i in range(len(images))]
+        readings = ScorerReadings(lambda: self.scorer, dict(enumerate(images)))
+        readout = self.readout(list(range(len(images))), readings)
+        self.calls.update(readings.calls)
+        return [self.verdict(readout, i) for i in range(len(images))]
 
     def check(self, image: ImageSource) -> Verdict:
         return self._verdict_chunk([image])[0]

@@ -27,8 +27,8 @@ from . import hookspecs
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 DISABLE_ENV = "QPONDER_DISABLE_PLUGINS"
 OWN_DISTRIBUTION = "qponder-plugin"
-BUILTIN_MODULES = tuple(f"qponder_plugin.default_plugins.{name}"
-                        for name in ("profiles", "backends", "commands", "filter_command"))
+BUILTIN_MODULES = (*(f"qponder_plugin.default_plugins.{name}" for name in ("profiles", "backends", "commands")),
+                   "qponder_plugin.filter.command")
 
 
 class PluginWarning(UserWarning):

@@ -6,7 +6,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Status = Literal["ok", "parse_error", "image_error", "backend_error"]
+Mode = Literal["think", "no-think"]
 SCHEMA_VERSION = 1
+
+
+def reading_mode(think: bool) -> Mode:
+    """The name of a reading's mode: ``"think"`` (reasoning, then the score) or ``"no-think"`` (the score alone)."""
+    return "think" if think else "no-think"
 
 
 @dataclass
@@ -31,7 +37,7 @@ class Assessment:
     model: str | None = None
     profile: str | None = None
     backend: str | None = None
-    mode: Literal["think", "no-think"] = "think"
+    mode: Mode = "think"
     method: Literal["probability", "text", "sampling"] | None = None
     samples: list[float] = field(default_factory=list)
     clamped: bool = False

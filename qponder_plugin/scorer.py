@@ -19,7 +19,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, describe, expan
 from .plugins import notify_assessed
 from .profile import Profile
 from .registry import create_backend, get_profile, get_profiles, profile_for_model
-from .result import Assessment
+from .result import Assessment, reading_mode
 from .scoring import read_completion
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class Scorer:
             raise BackendError("this scorer is closed")
         items = expand(images)
         window = self.batch_size * 4
-        load = partial(self._load, mode="think" if think else "no-think")
+        load = partial(self._load, mode=reading_mode(think))
         with ThreadPoolExecutor(max_workers=min(4, window)) as pool:
             for begin in range(0, len(items), window):
                 chunk = items[begin:begin + window]

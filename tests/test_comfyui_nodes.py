@@ -219,10 +219,10 @@ def test_v1_classes_carry_the_node_ids_and_run_the_shared_nodes(host, fast):
         "passed", "rejected", "scores", "passed_count", "rejected_count")
     assert gate.OUTPUT_IS_LIST == (False, False, True, False, False, True, True)
     types = gate.INPUT_TYPES()
-    assert types["required"]["mode"][0] == ["cascade", "fast", "think"]
+    assert types["required"]["strategy"][0] == ["cascade", "fast", "think"]
     assert types["optional"]["model"][0] == "QPONDER_MODEL"
-    out = getattr(gate(), gate.FUNCTION)(images=batch(0.9, 0.1), threshold=3.0, mode="fast", without_blocker="error",
-                                         model=fast)
+    out = getattr(gate(), gate.FUNCTION)(images=batch(0.9, 0.1), threshold=3.0, strategy="fast",
+                                         without_blocker="error", model=fast)
     assert out["result"][3:5] == (1, 1) and len(out["ui"]["text"]) == 1
     save = mappings["NODE_CLASS_MAPPINGS"]["QPonderSaveImage"]
     assert save.INPUT_IS_LIST and save.OUTPUT_NODE and save.INPUT_TYPES()["hidden"]["prompt"] == "PROMPT"

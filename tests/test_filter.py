@@ -79,12 +79,12 @@ def test_filter_places_caches_and_resorts(smoke_model, source, tmp_path, monkeyp
     assert all(bool(verdicts[p]) == (scores[p] >= 2.0) for p in verdicts)
 
 
-@pytest.mark.parametrize("how", ["copy", "link"])
-def test_sources_are_never_modified(smoke_model, source, tmp_path, how):
+@pytest.mark.parametrize("action", ["copy", "link"])
+def test_sources_are_never_modified(smoke_model, source, tmp_path, action):
     before = digests(source)
     stamps = {p: p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file()}
-    result = invoke(source, "--threshold", 3.0, "--keep", tmp_path / "k", "--reject", tmp_path / "r", "--mode", how,
-                    "--store", tmp_path / "s.sqlite", "-m", smoke_model, "--json", "--on-error", "keep")
+    result = invoke(source, "--threshold", 3.0, "--keep", tmp_path / "k", "--reject", tmp_path / "r", "--action",
+                    action, "--store", tmp_path / "s.sqlite", "-m", smoke_model, "--json", "--on-error", "keep")
     assert result.exit_code == 1 and summary(result)["flagged"] == 1
     assert digests(source) == before
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -108,8 +108,8 @@ def test_report_is_one_self_contained_file(smoke_model, source, tmp_path):
 def test_move_and_export(smoke_model, source, tmp_path):
     before = digests(source)
     store = tmp_path / "s.sqlite"
-    result = invoke(source, "--threshold", 3.0, "--keep", tmp_path / "k", "--reject", tmp_path / "r", "--mode",
-                    "move", "--store", store, "-m", smoke_model, "--json", "--gate", "fast")
+    result = invoke(source, "--threshold", 3.0, "--keep", tmp_path / "k", "--reject", tmp_path / "r", "--action",
+                    "move", "--store", store, "-m", smoke_model, "--json", "--strategy", "fast")
     assert summary(result)["calls"] == {"no-think": 5}
     assert sorted(digests(source)) == ["broken.jpg"]  # an unplaced file is never removed
     placed = {**digests(tmp_path / "k"), **digests(tmp_path / "r")}
@@ -124,20 +124,20 @@ def test_move_and_export(smoke_model, source, tmp_path):
 
 
 
-@pytest.mark.parametrize("how", ["copy", "link"])
-def test_write_metadata(smoke_model, source, tmp_path, how):
+@pytest.mark.parametrize("action", ["copy", "link"])
+def test_write_metadata(smoke_model, source, tmp_path, action):
     pyexiv2 = pytest.importorskip("pyexiv2", reason="writing XMP needs pyexiv2 (the metadata extra)")
     before = digests(source)
     keep, reject = tmp_path / "k", tmp_path / "r"
-    invoke(source, "--threshold", 3.0, "--keep", keep, "--reject", reject, "--mode", how, "--store",
+    invoke(source, "--threshold", 3.0, "--keep", keep, "--reject", reject, "--action", action, "--store",
            tmp_path / "s.sqlite", "-m", smoke_model, "--write-metadata")
     assert digests(source) == before
     images = [p for folder in (keep, reject) for p in folder.rglob("*") if p.is_file() and p.suffix != ".xmp"]
     assert len(images) == 6
     for image in images:
         sidecar = Path(f"{image}.xmp")
-        assert sidecar.exists() == (how == "link")
-        with pyexiv2.Image(str(sidecar if how == "link" else image)) as opened:
+        assert sidecar.exists() == (action == "link")
+        with pyexiv2.Image(str(sidecar if action == "link" else image)) as opened:
             rating = int(opened.read_xmp()["Xmp.xmp.Rating"])
         assert rating >= 3 if image.is_relative_to(keep) else rating <= 3  # scores of at least 3.0 are kept
 
@@ -146,7 +146,7 @@ def test_a_destination_failing_mid_run_stops_it_cleanly(smoke_model, source, tmp
     """A full disk cannot be provoked here: the copy step is made to fail (ENOSPC) from the third file on."""
     import errno
 
-    import qponder_plugin.placement as placement
+    import qponder_plugin.filter.placement as placement
 
     copy, calls = placement._PLACERS["copy"], []
 

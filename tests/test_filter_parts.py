@@ -7,12 +7,12 @@ import os
 import pytest
 from smoke import solid_image
 
-from qponder_plugin.fingerprint import config_key, file_digest, scoring_config
-from qponder_plugin.manifest import export_manifest
-from qponder_plugin.placement import PlacementError, check_writable, part_file, place, resume
+from qponder_plugin.filter.fingerprint import config_key, file_digest, scoring_config
+from qponder_plugin.filter.manifest import export_manifest
+from qponder_plugin.filter.placement import PlacementError, check_writable, part_file, place, resume
+from qponder_plugin.filter.sources import collect_inputs
+from qponder_plugin.filter.store import Placement, ResultStore
 from qponder_plugin.result import Assessment
-from qponder_plugin.sources import collect_inputs
-from qponder_plugin.store import Placement, ResultStore
 
 
 @pytest.fixture

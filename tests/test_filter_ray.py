@@ -253,17 +253,19 @@ def setup():
 DRIVER = '''
 import json, sys
 import ray
-from qponder_plugin.fingerprint import scoring_config
+from qponder_plugin.filter.fingerprint import scoring_config
 from qponder_plugin.gate import QualityGate
-from qponder_plugin.ray_engine import RayFilterRun, RayOptions
-from qponder_plugin.sources import collect_inputs
-from qponder_plugin.store import ResultStore
+from qponder_plugin.filter.options import FilterOptions, RayOptions
+from qponder_plugin.filter.ray_engine import RayFilterRun
+from qponder_plugin.filter.sources import collect_inputs
+from qponder_plugin.filter.store import ResultStore
 
 address, plugins, marker, always, source, model, store, threshold = sys.argv[1:]
 env = {"PYTHONPATH": plugins, "CRASH_MARKER": marker, **({"CRASH_ALWAYS": "1"} if always == "1" else {})}
 ray.init(address=address, runtime_env={"env_vars": env, "worker_process_setup_hook": "crashing_backend.setup"})
 with ResultStore(store) as results, QualityGate(float(threshold), model=model, backend="crashing") as gate:
-    run = RayFilterRun(results, gate, scoring_config(model, backend="crashing"), RayOptions(batch_size=4))
+    run = RayFilterRun(results, gate, scoring_config(model, backend="crashing"),
+                       FilterOptions(engine="ray", ray=RayOptions(batch_size=4)))
     outcomes = list(run.outcomes(run.settle(collect_inputs([source]))))
 print(json.dumps(run.summary.to_dict()))
 '''

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from smoke import solid_image
 
 from qponder_plugin.cli import build
+from qponder_plugin.filter.sources import collect_inputs
 from qponder_plugin.images import ImageError, load_image
-from qponder_plugin.sources import collect_inputs
 
 pytest.importorskip("fsspec", reason="URL inputs need fsspec (the filter extra)")
 LEVELS = {"dark.png": 0.1, "mid.jpg": 0.5, "bright.png": 0.9}

@@ -23,7 +23,7 @@ def broken(tmp_path_factory):
 
 
 def test_arguments_are_checked_without_loading_anything():
-    for bad in ({"threshold": 0.5}, {"threshold": 3, "mode": "slow"}, {"threshold": 3, "on_error": "ignore"},
+    for bad in ({"threshold": 0.5}, {"threshold": 3, "strategy": "slow"}, {"threshold": 3, "on_error": "ignore"},
                 {"threshold": 3, "margin": -1}):
         with pytest.raises(ValueError):
             QualityGate(**bad)
@@ -49,8 +49,9 @@ def test_cascade_reasons_only_near_the_threshold(scorer, images):
 
 
 @pytest.mark.model
-def test_fast_and_think_modes(scorer, images):
-    fast_gate, think_gate = QualityGate(3.0, scorer=scorer, mode="fast"), QualityGate(3.0, scorer=scorer, mode="think")
+def test_fast_and_think_strategies(scorer, images):
+    fast_gate = QualityGate(3.0, scorer=scorer, strategy="fast")
+    think_gate = QualityGate(3.0, scorer=scorer, strategy="think")
     fast = [v for _, v in fast_gate.verdicts(images)]
     think = [v for _, v in think_gate.verdicts(images)]
     assert fast_gate.calls == {"no-think": len(images)} and think_gate.calls == {"think": len(images)}
@@ -81,7 +82,7 @@ def test_split_check_and_lazy_filter(scorer, images):
 @pytest.mark.model
 def test_unparsed_reasoning_falls_back_to_the_no_think_score(smoke_model, images):
     with load_scorer(smoke_model, max_new_tokens=5) as short:  # too short to finish any reasoning
-        gate = QualityGate(3.0, scorer=short, mode="think")
+        gate = QualityGate(3.0, scorer=short, strategy="think")
         verdicts = [gate.check(image) for image in (images[0], images[-1])]
     assert [v.stage for v in verdicts] == ["fallback", "fallback"]
     assert [v.passed for v in verdicts] == [False, True]
@@ -90,15 +91,15 @@ def test_unparsed_reasoning_falls_back_to_the_no_think_score(smoke_model, images
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("mode", ["cascade", "think"])
-def test_image_errors_are_never_kept_silently(scorer, broken, mode):
-    rejected = QualityGate(3.0, scorer=scorer, mode=mode).check(broken)
+@pytest.mark.parametrize("strategy", ["cascade", "think"])
+def test_image_errors_are_never_kept_silently(scorer, broken, strategy):
+    rejected = QualityGate(3.0, scorer=scorer, strategy=strategy).check(broken)
     assert (rejected.passed, rejected.stage, rejected.flagged) == (False, "error", False)
     assert rejected.assessment.status == "image_error" and "corrupt" in rejected.note
-    kept = QualityGate(3.0, scorer=scorer, mode=mode, on_error="keep").check(broken)
+    kept = QualityGate(3.0, scorer=scorer, strategy=strategy, on_error="keep").check(broken)
     assert (kept.passed, kept.stage, kept.flagged) == (True, "error", True) and kept.note.startswith("kept despite")
     with pytest.raises(GateError, match="image_error") as raised:
-        QualityGate(3.0, scorer=scorer, mode=mode, on_error="raise").check(broken)
+        QualityGate(3.0, scorer=scorer, strategy=strategy, on_error="raise").check(broken)
     assert raised.value.assessment.source == str(broken)
 
 
@@ -114,3 +115,8 @@ def test_the_gate_closes_only_the_scorer_it_loaded(smoke_model, scorer, images):
         assert gate.loaded and own.batch_size == 2 and verdict.passed
     assert own.backend is None and not gate.loaded
     assert verdict.to_dict()["assessment"]["status"] == "ok" and verdict.to_dict()["stage"] in ("fast", "think")
+
+
+def test_the_earlier_name_of_the_strategy_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="strategy="):
+        assert QualityGate(3.0, mode="fast").strategy == "fast"

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from smoke import solid_image
 
-from qponder_plugin.metadata import NAMESPACE, PREFIX, embed, sidecar_path, write_sidecar, xmp_fields
-from qponder_plugin.placement import place
-from qponder_plugin.store import ResultStore
+from qponder_plugin.filter.metadata import NAMESPACE, PREFIX, embed, sidecar_path, write_sidecar, xmp_fields
+from qponder_plugin.filter.placement import place
+from qponder_plugin.filter.store import ResultStore
 
 pyexiv2 = pytest.importorskip("pyexiv2", reason="writing XMP needs pyexiv2 (the metadata extra)")
 FIELDS = xmp_fields(3.62, "Exposure: bright and clean.\n Overall fine.", "qponder-smoke")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qponder_plugin.result import reading_mode
+
 METRIC_KEYS = ("srcc", "krcc", "plcc", "plcc_raw", "rmse", "rmse_raw", "n")
 
 
@@ -222,7 +224,7 @@ def evaluate(scorer, records: Iterable, out_dir: str | os.PathLike, *, think: bo
         "model": getattr(scorer, "model_id", None),
         "profile": getattr(profile, "name", profile),
         "backend": getattr(scorer, "backend_name", None),
-        "mode": "think" if think else "no-think",
+        "mode": reading_mode(think),
         "n": n,
         "temperature": temperature,
         "metrics": metrics([r["score"] for r in scored], [r["mos"] for r in scored]),

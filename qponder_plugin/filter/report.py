@@ -12,7 +12,7 @@ import io
 import os
 from html import escape
 
-from .images import ImageError, load_image
+from ..images import ImageError, load_image
 from .store import ResultStore
 
 THUMB_SIDE = 192
@@ -74,12 +74,15 @@ def _gallery(title: str, rows: list[dict]) -> str:
     return f"<h2>{escape(title)}</h2><div class='gallery'>{''.join(map(_card, rows))}</div>" if rows else ""
 
 
-def write_report(store: ResultStore, path: str | os.PathLike, config: str, threshold: float) -> None:
-    """Write the report on the results of configuration ``config`` in ``store`` to ``path``."""
-    columns = ("path", "score", "passed", "stage", "flagged", "status", "error", "reasoning", "model", "placed")
+def write_report(store: ResultStore, path: str | os.PathLike, config: str) -> None:
+    """Write the report on the results of configuration ``config`` in ``store`` to ``path``. The threshold line is
+    the latest run's (each row keeps the threshold it was judged under)."""
+    columns = ("path", "score", "passed", "stage", "flagged", "status", "error", "reasoning", "model", "threshold",
+               "updated", "placed")
     rows = [dict(zip(columns, r)) for r in store.db.execute(
         f"SELECT {', '.join(columns[:-1])}, (SELECT min(target) FROM placements p WHERE p.path = results.path "
         "AND p.state = 'done') FROM results WHERE config = ? ORDER BY path", (config,))]
+    threshold = max(rows, key=lambda r: r["updated"])["threshold"] if rows else None
     scored = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["score"])
     failed = [r for r in rows if r["status"] != "ok"]
     kept = sum(bool(r["passed"]) for r in rows)
@@ -92,10 +95,11 @@ def write_report(store: ResultStore, path: str | os.PathLike, config: str, thres
     failures = "".join(f"<tr><td>{escape(r['path'])}</td><td>{escape(r['status'])}</td>"
                        f"<td>{escape(r['error'] or '')}</td></tr>" for r in failed)
     model = rows[0]["model"] if rows else ""
+    shown = "none" if threshold is None else f"{threshold:g}"
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>qponder filter report</title><style>{_STYLE}</style></head>
 <body><h1>qponder filter report</h1>
-<p class="meta">model {escape(model or "")} · threshold {threshold:g} · store {escape(store.path)}</p>
+<p class="meta">model {escape(model or "")} · threshold {shown} · store {escape(store.path)}</p>
 <div class="counts">{"".join(f"<span><b>{n}</b> {escape(k)}</span>" for k, n in counts.items())}</div>
 {histogram}
 {_gallery("Nearest the threshold", nearest)}

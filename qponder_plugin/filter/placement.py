@@ -19,7 +19,7 @@ from pathlib import Path
 from .fingerprint import file_digest
 from .store import Placement, ResultStore
 
-HOW = ("copy", "link", "move")
+ACTIONS = ("copy", "link", "move")
 PART_SUFFIX = ".qponder-part"
 
 
@@ -90,7 +90,7 @@ def _prepared(store: ResultStore, placement: Placement, prepare: Callable[[str],
     store.set_placement(replace(placement, digest=file_digest(part)))  # so that resume recognises the edited copy
 
 
-def place(store: ResultStore, source: str, digest: str, folder: str, relname: str, how: str,
+def place(store: ResultStore, source: str, digest: str, folder: str, relname: str, action: str,
           prepare: Callable[[str], None] | None = None) -> tuple[str, bool]:
     """Place ``source`` into ``folder`` once; return the target and whether it was placed now (not before).
     ``prepare(path)`` edits a copy (its part file, before it is linked into place; ignored by link and move)."""
@@ -102,13 +102,13 @@ def place(store: ResultStore, source: str, digest: str, folder: str, relname: st
     try:
         os.makedirs(os.path.dirname(os.path.join(folder, relname)), exist_ok=True)
         while True:
-            placement = Placement(source, folder, free_target(folder, relname, taken), how, digest, "pending")
+            placement = Placement(source, folder, free_target(folder, relname, taken), action, digest, "pending")
             store.set_placement(placement)
             try:
-                if how == "copy" and prepare is not None:
+                if action == "copy" and prepare is not None:
                     _copy_into(source, placement.target, partial(_prepared, store, placement, prepare))
                 else:
-                    _PLACERS[how](source, placement.target)
+                    _PLACERS[action](source, placement.target)
                 break
             except FileExistsError:  # the name was taken meanwhile: try the next suffix
                 taken.add(placement.target)
@@ -126,7 +126,7 @@ def _finish(store: ResultStore, placement: Placement) -> None:
 
 def _release(placement: Placement) -> None:
     """A move unlinks its source only now that the result and the placed file are both committed."""
-    if (placement.how == "move" and os.path.isfile(placement.path) and _holds(placement.target, placement)
+    if (placement.action == "move" and os.path.isfile(placement.path) and _holds(placement.target, placement)
             and file_digest(placement.path) == placement.digest):
         os.unlink(placement.path)
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from .images import is_url, iter_image_files
+from ..images import is_url, iter_image_files
 
 LIST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
 PATH_COLUMNS = ("path", "image", "file", "filename", "source", "url")

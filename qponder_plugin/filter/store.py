@@ -6,7 +6,8 @@
   after), so a killed run finishes or redoes each placement and never places twice.
 - ``hashes``: content hashes by (path, size, mtime): a rerun reads no file it has hashed before.
 
-Every write is its own committed transaction.
+Every write is its own committed transaction. :class:`StoredReadings` is the store as a
+:class:`~qponder_plugin.readings.Readings` for one configuration.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from ..result import Assessment
 from .fingerprint import file_digest
-from .result import Assessment
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS configs (key TEXT PRIMARY KEY, config TEXT NOT NULL);
@@ -29,14 +30,18 @@ CREATE TABLE IF NOT EXISTS readings (
     assessment TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (digest, config, mode));
 CREATE TABLE IF NOT EXISTS results (
     path TEXT NOT NULL, config TEXT NOT NULL, digest TEXT, status TEXT NOT NULL, score REAL, passed INTEGER,
-    stage TEXT, flagged INTEGER, note TEXT, mode TEXT, threshold REAL, gate TEXT, model TEXT, reasoning TEXT,
+    stage TEXT, flagged INTEGER, note TEXT, mode TEXT, threshold REAL, strategy TEXT, model TEXT, reasoning TEXT,
     error TEXT, updated REAL NOT NULL, PRIMARY KEY (path, config));
 CREATE TABLE IF NOT EXISTS placements (
-    path TEXT NOT NULL, folder TEXT NOT NULL, target TEXT NOT NULL, how TEXT NOT NULL, digest TEXT,
+    path TEXT NOT NULL, folder TEXT NOT NULL, target TEXT NOT NULL, action TEXT NOT NULL, digest TEXT,
     state TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (path, folder));
 """
+STORE_VERSION = 2  # SQLite's user_version; version 1 named the strategy column "gate" and the action "how"
+_RENAMED = (("results", "gate", "strategy"), ("placements", "how", "action"))
+RESULT_COLUMNS = ("path", "digest", "status", "score", "passed", "stage", "flagged", "note", "mode", "threshold",
+                  "strategy", "model", "reasoning", "error")
 EXPORT_COLUMNS = ("path", "hash", "score", "verdict", "stage", "flagged", "reasoning", "status", "error", "model",
-                  "mode", "threshold", "gate", "placed")
+                  "mode", "threshold", "strategy", "placed")
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class Placement:
     path: str
     folder: str
     target: str
-    how: str
+    action: str  # copy | link | move
     digest: str | None
     state: str  # pending | done
 
@@ -64,7 +69,17 @@ class ResultStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         with self.db:
+            self._migrate()
             self.db.executescript(_SCHEMA)
+            self.db.execute(f"PRAGMA user_version = {STORE_VERSION}")
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older version up to :data:`STORE_VERSION` (its rows stay valid)."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] >= STORE_VERSION:
+            return
+        for table, old, new in _RENAMED:
+            if old in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
 
     def __enter__(self) -> ResultStore:
         return self
@@ -115,11 +130,9 @@ class ResultStore:
                 for digest, a in readings.items()])
 
     def save_results(self, config: str, rows: Iterable[dict]) -> None:
-        """Rows with path, digest, status, score, passed, stage, flagged, note, mode, threshold, gate, model,
-        reasoning, error."""
+        """Rows with the :data:`RESULT_COLUMNS`."""
         now = time.time()
-        columns = ("path", "digest", "status", "score", "passed", "stage", "flagged", "note", "mode", "threshold",
-                   "gate", "model", "reasoning", "error")
+        columns = RESULT_COLUMNS
         with self.db:
             self.db.executemany(
                 f"INSERT OR REPLACE INTO results (config, updated, {', '.join(columns)}) "
@@ -127,16 +140,16 @@ class ResultStore:
                 [(config, now, *(row.get(c) for c in columns)) for row in rows])
 
     def placement(self, path: str, folder: str) -> Placement | None:
-        row = self.db.execute("SELECT path, folder, target, how, digest, state FROM placements "
+        row = self.db.execute("SELECT path, folder, target, action, digest, state FROM placements "
                               "WHERE path = ? AND folder = ?", (path, folder)).fetchone()
         return Placement(*row) if row else None
 
     def pending_placements(self) -> list[Placement]:
         return [Placement(*row) for row in self.db.execute(
-            "SELECT path, folder, target, how, digest, state FROM placements WHERE state = 'pending'")]
+            "SELECT path, folder, target, action, digest, state FROM placements WHERE state = 'pending'")]
 
     def moved(self, path: str) -> bool:
-        return self.db.execute("SELECT 1 FROM placements WHERE path = ? AND how = 'move' AND state = 'done'",
+        return self.db.execute("SELECT 1 FROM placements WHERE path = ? AND action = 'move' AND state = 'done'",
                                (path,)).fetchone() is not None
 
     def targets(self, folder: str) -> set[str]:
@@ -155,7 +168,7 @@ class ResultStore:
         """The manifest: one dict per result row (every configuration), with where the input was placed."""
         query = """
             SELECT r.path, r.digest, r.score, r.passed, r.stage, r.flagged, r.reasoning, r.status, r.error, r.model,
-                   r.mode, r.threshold, r.gate,
+                   r.mode, r.threshold, r.strategy,
                    (SELECT group_concat(p.target, ';') FROM placements p WHERE p.path = r.path AND p.state = 'done')
             FROM results r ORDER BY r.path"""
         for row in self.db.execute(query):
@@ -163,3 +176,18 @@ class ResultStore:
             data["verdict"] = None if data["verdict"] is None else ("keep" if data["verdict"] else "reject")
             data["flagged"] = bool(data["flagged"])
             yield data
+
+
+class StoredReadings:
+    """The readings ``store`` holds under configuration ``key``, as :class:`~qponder_plugin.readings.Readings`;
+    a stored backend error is not an answer (it is made again)."""
+
+    def __init__(self, store: ResultStore, key: str):
+        self.store, self.key = store, key
+
+    def read(self, digests: list[str], mode: str) -> dict[str, Assessment]:
+        held = self.store.readings(digests, self.key, mode)
+        return {d: a for d, a in held.items() if a.status != "backend_error"}
+
+    def save(self, readings: dict[str, Assessment]) -> None:
+        self.store.save_readings(self.key, readings)

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .registry import get_profile, profile_for_model
-from .result import SCHEMA_VERSION
-from .scorer import DEFAULT_BACKEND, resolve_model
+from ..registry import get_profile, profile_for_model
+from ..result import SCHEMA_VERSION
+from ..scorer import DEFAULT_BACKEND, resolve_model
 
 READING_VERSION = 1  # bump when the way a score is read from an answer changes
 # Backend settings that change where or how fast a score is computed, never the score itself.
