@@ -6,6 +6,10 @@ Third-party plugins are distributions exposing an entry point in the ``qponder_p
 blocked in pluggy and never imported. Plugins that ship inside the ``qponder-plugin`` distribution itself (its
 wings) always load. The manager is built once per process; the registries built on it
 (:mod:`qponder_plugin.registry`) are collected on every lookup, so ``register_plugin()`` takes effect at once.
+
+Every hook is called through pluggy, so ``tryfirst``/``trylast``, wrappers and ``firstresult`` work as pluggy
+documents. Isolation is done at registration: each implementation of the plugin is guarded in place, so one that
+raises is reported (:class:`PluginWarning`, ``status == "error"``) and the call goes on without it.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial, wraps
 from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import Any
@@ -29,6 +35,18 @@ DISABLE_ENV = "QPONDER_DISABLE_PLUGINS"
 OWN_DISTRIBUTION = "qponder-plugin"
 BUILTIN_MODULES = (*(f"qponder_plugin.default_plugins.{name}" for name in ("profiles", "backends", "commands")),
                    "qponder_plugin.filter.command")
+
+
+_running: ContextVar[str | None] = ContextVar("qponder_plugin_running", default=None)  # whose hook code runs
+
+
+@contextmanager
+def _running_as(name: str) -> Iterator[None]:
+    token = _running.set(name)
+    try:
+        yield
+    finally:
+        _running.reset(token)
 
 
 class PluginWarning(UserWarning):
@@ -52,13 +70,18 @@ class Plugins:
         self.info: dict[str, PluginInfo] = {}
 
     def register(self, plugin: object, name: str | None = None, origin: str = "runtime") -> str | None:
-        """Register ``plugin`` (a module or an object with ``@hookimpl`` methods); ``None`` if its name is blocked."""
+        """Register ``plugin`` (a module or an object with ``@hookimpl`` methods) and guard each of its hook
+        implementations; ``None`` if its name is blocked."""
         registered = self.manager.register(plugin, name=name)
         if registered is None:
             blocked = name or self.manager.get_canonical_name(plugin)
             self.info[blocked] = PluginInfo(blocked, origin, status="disabled")
             return None
         self.info[registered] = PluginInfo(registered, origin)
+        for caller in self._callers(registered):
+            for impl in caller.get_hookimpls():
+                if impl.plugin_name == registered:
+                    impl.function = self._guard(impl, caller.name)
         self.collect("register_hookspecs", only=registered, register=self.manager.add_hookspecs)
         return registered
 
@@ -83,17 +106,60 @@ class Plugins:
         return sorted(caller.name for caller in self._callers(name) if not caller.has_spec()
                       and any(impl.plugin_name == name and not impl.optionalhook for impl in caller.get_hookimpls()))
 
-    def collect(self, hook: str, *, only: str | None = None, **kwargs) -> None:
-        """Call every implementation of ``hook`` (or only plugin ``only``'s); one that raises is reported, the
-        others still run."""
-        caller = getattr(self.manager.hook, hook, None)
-        for impl in caller.get_hookimpls() if caller is not None else []:
-            if only is not None and impl.plugin_name != only:
-                continue
+    def _guard(self, impl: pluggy.HookImpl, hook: str) -> Callable:
+        """``impl.function``, isolated: if it raises it is reported and returns ``None``, so pluggy goes on without
+        it. A wrapper that raises before its ``yield`` is reported and stands aside; after it, it runs as written."""
+        function, name = impl.function, impl.plugin_name
+
+        def failed(exc: Exception) -> None:
+            self.report(name, f"hook {hook} raised {type(exc).__name__}: {exc}")
+
+        if not (impl.wrapper or impl.hookwrapper):
+            @wraps(function)
+            def guarded(*args, **kwargs):
+                try:
+                    with _running_as(name):
+                        return function(*args, **kwargs)
+                except Exception as exc:  # a plugin's bug must not take the core down
+                    failed(exc)
+                    return None
+
+            return guarded
+
+        @wraps(function)
+        def guarded_wrapper(*args, **kwargs):
             try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames})
-            except Exception as exc:  # a plugin's bug must not take the core down
-                self.report(impl.plugin_name, f"hook {hook} raised {type(exc).__name__}: {exc}")
+                with _running_as(name):
+                    teardown = function(*args, **kwargs)
+                    next(teardown)
+            except Exception as exc:
+                failed(exc)
+                return (yield)  # as if absent: the result or exception passes through untouched
+            try:
+                outcome = yield
+            except BaseException as exc:  # the call raised: the wrapper sees the exception
+                resume = partial(teardown.throw, exc)
+            else:
+                resume = partial(teardown.send, outcome)
+            try:
+                with _running_as(name):
+                    resume()
+            except StopIteration as stop:
+                return stop.value
+            yield  # the wrapper yielded twice: yield twice too, so pluggy reports it
+
+        return guarded_wrapper
+
+    def collect(self, hook: str, *, only: str | None = None, **kwargs) -> Any:
+        """Call ``hook`` through pluggy (on plugin ``only``'s implementation alone, if given) and return pluggy's
+        result."""
+        caller = getattr(self.manager.hook, hook, None)
+        if caller is None:  # neither specified nor implemented
+            return []
+        if only is not None:
+            others = self.manager.get_plugins() - {self.manager.get_plugin(only)}
+            caller = self.manager.subset_hook_caller(hook, others)
+        return caller(**kwargs)
 
     def report(self, name: str, message: str) -> None:
         info = self.info.setdefault(name, PluginInfo(name, "unknown"))
@@ -147,23 +213,30 @@ def unregister_plugin(name: str) -> None:
     get_plugins().unregister(name)
 
 
-def collect(hook: str, **kwargs) -> None:
-    get_plugins().collect(hook, **kwargs)
+def collect(hook: str, **kwargs) -> Any:
+    return get_plugins().collect(hook, **kwargs)
 
 
 def gather(hook: str, key: Callable[[Any], str] | None = None) -> MappingProxyType:
     """A read-only registry from a collector hook: plugins call ``register(name, value)``, or ``register(value)``
-    when ``key`` names it. A name registered twice is that plugin's error (reported); the first one stays."""
-    found: dict[str, Any] = {}
+    when ``key`` names it. Entries are in the plugins' registration order (the built-ins first), whatever order
+    pluggy calls them in; a name registered twice stays with the first, and the other is its plugin's error."""
+    plugins = get_plugins()
+    offers: list[tuple[str | None, str, Any]] = []  # (plugin, name, value) in call order
 
     def register(*args) -> None:
         name, value = (key(args[0]), args[0]) if key else args
-        if name in found:
-            raise ValueError(f"{hook}: {name!r} is already registered")
-        found[name] = value
+        offers.append((_running.get(), name, value))
 
-    collect(hook, register=register)
-    return MappingProxyType(found)
+    plugins.collect(hook, register=register)
+    order = {name: i for i, name in enumerate(plugins.info)}
+    found: dict[str, tuple[str | None, Any]] = {}
+    for plugin, name, value in sorted(offers, key=lambda offer: order.get(offer[0], len(order))):
+        if name in found:
+            plugins.report(plugin or "unknown", f"hook {hook}: {name!r} is already registered by {found[name][0]}")
+        else:
+            found[name] = (plugin, value)
+    return MappingProxyType({name: value for name, (_, value) in found.items()})
 
 
 def notify_assessed(assessment) -> None:

@@ -49,7 +49,7 @@ def profile_for_model(model_id: str) -> Profile:
 
 
 def get_image_loaders() -> tuple[Callable, ...]:
-    """Every registered image loader, in registration order."""
+    """Every registered image loader, in pluggy's call order (the last registered first; tryfirst/trylast honoured)."""
     loaders: list[Callable] = []
     collect("register_image_loaders", register=loaders.append)
     return tuple(loaders)

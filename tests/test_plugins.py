@@ -1,7 +1,9 @@
 """The plugin manager and the live registries, in-process: plugins registered at run time, misspelt hooks,
-the training wing's hook specifications, and a broken plugin kept away from the core."""
+the training wing's hook specifications, pluggy's ordering marks and wrappers, and broken implementations and
+wrappers kept away from the core."""
 
 import json
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -11,7 +13,7 @@ from qponder_plugin import hookimpl, register_plugin, unregister_plugin
 from qponder_plugin.backend import Backend
 from qponder_plugin.cli import build
 from qponder_plugin.default_plugins.profiles import QPONDER
-from qponder_plugin.plugins import PluginWarning, get_plugins
+from qponder_plugin.plugins import PluginWarning, collect, get_plugins, notify_assessed
 from qponder_plugin.registry import get_backends, get_image_loaders, get_profile, get_profiles, profile_for_model
 
 
@@ -108,9 +110,128 @@ def test_a_duplicate_name_is_the_late_plugins_error_and_the_builtin_stays():
         def register_profiles(self, register):
             register(replace(QPONDER, description="impostor"))
 
-    name = register_plugin(Impostor(), "impostor")
+    name = register_plugin(Impostor(), "impostor")  # pluggy calls it before the built-ins (the latest first)
     try:
-        with pytest.warns(PluginWarning, match="already registered"):
+        with pytest.warns(PluginWarning, match="'qponder' is already registered by qponder_plugin.default_plugins"):
             assert get_profile("qponder") is QPONDER
+        assert get_plugins().info[name].status == "error"
+        assert get_plugins().info["qponder_plugin.default_plugins.profiles"].status == "loaded"
     finally:
         unregister_plugin(name)
+
+
+def observer(label, **marks):
+    """A plugin whose ``on_assessed`` notes ``label`` in the assessment (a list here) and returns it."""
+
+    class Observer:
+        @hookimpl(**marks)
+        def on_assessed(self, assessment):
+            assessment.append(label)
+            return label
+
+    return Observer()
+
+
+@contextmanager
+def registered(**plugins):
+    """Register ``plugins`` at run time by name, in order, and unregister them afterwards."""
+    names = []
+    try:
+        for name, plugin in plugins.items():
+            names.append(register_plugin(plugin, name))
+        yield
+    finally:
+        for name in names:
+            unregister_plugin(name)
+
+
+def test_tryfirst_and_trylast_order_the_calls_as_pluggy_documents():
+    seen = []
+    with registered(first=observer("first", tryfirst=True), a=observer("a"), last=observer("last", trylast=True),
+                    b=observer("b")):
+        notify_assessed(seen)
+    assert seen == ["first", "b", "a", "last"]  # marks first, then the latest registered first (pluggy's LIFO)
+
+
+def test_new_and_old_style_wrappers_wrap_the_call():
+    class NewStyle:
+        @hookimpl(wrapper=True)
+        def register_profiles(self, register):
+            register("new: before")
+            result = yield
+            register("new: after")
+            return [*result, "new"]
+
+    class OldStyle:
+        @hookimpl(hookwrapper=True)
+        def register_profiles(self, register):
+            register("old: before")
+            outcome = yield
+            register("old: after")
+            outcome.force_result([*outcome.get_result(), "old"])
+
+    seen = []
+    with registered(new=NewStyle(), old=OldStyle()):
+        result = collect("register_profiles", register=seen.append)
+    assert seen[:2] == ["old: before", "new: before"]  # the later wrapper is the outer one
+    assert QPONDER in seen[2:-2]  # the built-ins register in between
+    assert seen[-2:] == ["new: after", "old: after"]
+    assert result == ["new", "old"]
+
+
+def test_an_exception_after_a_wrappers_yield_reaches_the_outer_wrapper():
+    class Outer:
+        @hookimpl(wrapper=True)
+        def on_assessed(self, assessment):
+            try:
+                return (yield)
+            except ValueError as exc:
+                return [f"outer caught {exc}"]
+
+    class Inner:
+        @hookimpl(wrapper=True)
+        def on_assessed(self, assessment):
+            yield
+            raise ValueError("inner teardown")
+
+    with registered(inner=Inner(), outer=Outer(), plain=observer("plain")):
+        assert collect("on_assessed", assessment=[]) == ["outer caught inner teardown"]
+
+
+def test_a_raising_implementation_is_reported_and_the_others_still_run():
+    class Broken:
+        @hookimpl(tryfirst=True)
+        def on_assessed(self, assessment):
+            raise RuntimeError("observer bug")
+
+    seen = []
+    with registered(first=observer("first", tryfirst=True), plain=observer("plain"), broken=Broken()):
+        with pytest.warns(PluginWarning, match="observer bug"):
+            notify_assessed(seen)
+        info = get_plugins().info
+        assert (info["broken"].status, info["broken"].error) == ("error", "hook on_assessed raised RuntimeError: "
+                                                                          "observer bug")
+        assert info["first"].status == info["plain"].status == "loaded"
+    assert seen == ["first", "plain"]  # broken was called first (a later tryfirst), and the others still ran
+
+
+def test_a_wrapper_raising_before_its_yield_is_reported_and_stands_aside():
+    class BrokenNewStyle:
+        @hookimpl(wrapper=True)
+        def on_assessed(self, assessment):
+            raise RuntimeError("new-style bug")
+            yield
+
+    class BrokenOldStyle:
+        @hookimpl(hookwrapper=True)
+        def on_assessed(self, assessment):
+            raise RuntimeError("old-style bug")
+            yield
+
+    with registered(plain=observer("plain"), new=BrokenNewStyle(), old=BrokenOldStyle()):
+        with pytest.warns(PluginWarning) as caught:
+            assert collect("on_assessed", assessment=[]) == ["plain"]
+        assert {str(w.message) for w in caught} == {
+            "qponder plugin 'new': hook on_assessed raised RuntimeError: new-style bug",
+            "qponder plugin 'old': hook on_assessed raised RuntimeError: old-style bug"}
+        assert get_plugins().info["new"].status == get_plugins().info["old"].status == "error"
