@@ -243,10 +243,10 @@ def closing(results: list[dict], args: argparse.Namespace, device: str) -> list[
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from qponder_plugin.scorer import resolve_model
+    from qponder_plugin.spec import ModelSpec
 
     began, load = time.perf_counter(), os.getloadavg()[0]
-    model = resolve_model(args.model)[0]  # the served name too: the server is started with this string
+    model = ModelSpec.resolve(args.model).checkpoint  # the served name too: the server is started with this string
     images, source = pick_images(args)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     # vLLM first, transformers last: on a GPU the engines then never share the device with this process's model.

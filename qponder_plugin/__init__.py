@@ -16,7 +16,8 @@ from .hookspecs import hookimpl
 
 _EXPORTS = {
     "assess": "api", "assess_batch": "api", "list_backends": "api",
-    "Scorer": "scorer", "load_scorer": "scorer", "list_models": "scorer", "ModelNotFoundError": "scorer",
+    "Scorer": "scorer", "load_scorer": "scorer",
+    "ModelSpec": "spec", "list_models": "spec", "ModelNotFoundError": "spec",
     "Assessment": "result",
     "ImageError": "images", "load_image": "images",
     "Profile": "profile", "get_profile": "registry",

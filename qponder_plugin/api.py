@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from .images import ImageSource
 from .registry import get_backends
 from .result import Assessment
-from .scorer import Scorer, resolve_model
+from .scorer import Scorer
+from .spec import ModelSpec
 
 _CALL_OPTIONS = ("think", "n", "temperature")
 _warm: list = []  # [(settings, scorer)]: the last scorer, reused while the settings are equal
@@ -16,7 +17,7 @@ _lock = threading.Lock()
 
 
 def _scorer(settings: tuple) -> Scorer:
-    """The warm scorer for ``settings``, compared by equality (a :class:`Profile` is an option and is not
+    """The warm scorer for ``settings``, compared by equality (a :class:`ModelSpec` holds a profile, which is not
     hashable); loading another model closes the previous one."""
     with _lock:
         if _warm and _warm[0][0] == settings:
@@ -31,8 +32,8 @@ def _scorer(settings: tuple) -> Scorer:
 
 def _split(model, backend, options: dict) -> tuple[Scorer, dict]:
     call = {k: options.pop(k) for k in _CALL_OPTIONS if k in options}
-    model_id = resolve_model(model)[0] if model is None else str(model)
-    return _scorer((model_id, backend, tuple(sorted(options.items())))), call
+    spec = ModelSpec.resolve(model, profile=options.pop("profile", None))
+    return _scorer((spec, backend, tuple(sorted(options.items())))), call
 
 
 def assess(image: ImageSource, *, model: str | None = None, backend: str | None = None, think: bool = True,

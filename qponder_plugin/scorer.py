@@ -3,75 +3,26 @@ fail the rest."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 from .backend import Backend, BackendError, Completion, Request
 from .images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, describe, expand, load_image
 from .plugins import notify_assessed
 from .profile import Profile
-from .registry import create_backend, get_profile, get_profiles, profile_for_model
+from .registry import create_backend
 from .result import Assessment, reading_mode
 from .scoring import read_completion
+from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-MODEL_ENV = "QPONDER_MODEL"
 DEFAULT_BACKEND = "transformers"
-MODEL_CARD = "qponder.json"  # optional file in a checkpoint folder: {"profile": "..."}
-NANO = Path(__file__).with_name("nano")  # the bundled qponder-nano checkpoint: the offline default
-
-
-class ModelNotFoundError(ValueError):
-    """No model was named, or the name is not a known alias, hub id or folder."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    alias: str
-    model_id: str
-    profile: str
-
-
-def nano_installed() -> bool:
-    return (NANO / "config.json").is_file()
-
-
-def list_models() -> list[ModelInfo]:
-    """The bundled nano model and the known public checkpoints (from the registered profiles), by alias."""
-    bundled = [ModelInfo("nano", str(NANO), _card(NANO).get("profile", "qponder"))] if nano_installed() else []
-    return bundled + [ModelInfo(alias, hub_id, profile.name)
-                      for profile in get_profiles().values() for alias, hub_id in profile.checkpoints.items()]
-
-
-def _card(folder: Path) -> dict:
-    card = folder / MODEL_CARD
-    return json.loads(card.read_text()) if card.is_file() else {}
-
-
-def resolve_model(model: str | os.PathLike | None) -> tuple[str, str | None]:
-    """Return ``(model id or folder, profile declared by the checkpoint or alias)``. With no model named, use
-    ``$QPONDER_MODEL``, else the bundled nano model."""
-    model = os.fspath(model) if model is not None else os.environ.get(MODEL_ENV)
-    if not model:
-        if not nano_installed():
-            raise ModelNotFoundError(
-                f"no model given and the bundled nano model is missing from {NANO}: pass model=... (or --model), "
-                f"or set {MODEL_ENV}. Use a hub id such as TianheWu/VisualQuality-R1-7B, a local checkpoint "
-                "folder, or an alias from `qponder models`.")
-        model = "nano"
-    for info in list_models():
-        if info.alias == model.lower():
-            return info.model_id, info.profile
-    return model, _card(Path(model)).get("profile")
 
 
 class Scorer:
@@ -81,15 +32,11 @@ class Scorer:
     ...     print(scorer.assess("photo.jpg").score)
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, *, backend: str | None = None,
+    def __init__(self, model: str | os.PathLike | ModelSpec | None = None, *, backend: str | None = None,
                  profile: str | Profile | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  batch_size: int = 8, max_new_tokens: int = 512, **backend_options):
-        self.model_id, declared = resolve_model(model)
-        if isinstance(profile, Profile):
-            self.profile = profile
-        else:
-            name = profile or declared
-            self.profile = get_profile(name) if name else profile_for_model(self.model_id)
+        self.spec = ModelSpec.resolve(model, profile=profile)
+        self.model_id, self.profile = self.spec.checkpoint, self.spec.profile
         self.backend_name = backend or DEFAULT_BACKEND
         self.batch_size, self.max_new_tokens = max(1, batch_size), max_new_tokens
         self.backend: Backend | None = create_backend(self.backend_name, self.model_id, **backend_options)
@@ -206,6 +153,6 @@ class Scorer:
         assessment.normalized = round((assessment.score - 1.0) / 4.0, 4)
 
 
-def load_scorer(model: str | os.PathLike | None = None, *, backend: str | None = None, **options) -> Scorer:
+def load_scorer(model: str | os.PathLike | ModelSpec | None = None, *, backend: str | None = None, **options) -> Scorer:
     """Load ``model`` once and return a reusable :class:`Scorer` (a context manager that frees the model)."""
     return Scorer(model, backend=backend, **options)

@@ -1,5 +1,8 @@
+import hashlib
+import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "nano"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.pop("QPONDER_MODEL", None)
+
+ROOT = Path(__file__).resolve().parents[1]
+# Built test models are cached here between sessions, keyed by everything that shapes them (a new clone reuses them).
+MODEL_CACHE = Path(os.environ.get("QPONDER_TEST_CACHE") or Path.home() / ".cache" / "qponder-plugin" / "test-models")
+MODEL_SOURCES = ("examples/nano/builders.py", "examples/nano/smoke.py", "qponder_plugin/default_plugins/profiles.py",
+                 "qponder_plugin/default_plugins/transformers_backend.py")
 
 # The MOS data the data tests read: $QPONDER_TEST_DATA, else the shared data folder beside the checkout.
 DATA = Path(os.environ.get("QPONDER_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -39,13 +48,35 @@ def biq2021_sample() -> Path:
     return shared_labels("biq2021-sample", "the BIQ2021 sample")
 
 
+def cached_model(tmp_path_factory, name: str, build) -> Path:
+    """A copy (the test's own) of the model ``build(path)`` writes, built once and cached in :data:`MODEL_CACHE`
+    under a key of the builders' sources and the torch and transformers versions; a lock keeps parallel test
+    workers from building it twice."""
+    from filelock import FileLock
+
+    key = hashlib.sha256(name.encode())
+    for source in MODEL_SOURCES:
+        key.update((ROOT / source).read_bytes())
+    for package in ("torch", "transformers", "tokenizers"):
+        key.update(importlib.metadata.version(package).encode())
+    cached = MODEL_CACHE / f"{name}-{key.hexdigest()[:16]}"
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{cached}.lock"):
+        if not cached.is_dir():
+            part = cached.with_name(f".{cached.name}.part")
+            shutil.rmtree(part, ignore_errors=True)
+            build(part)
+            part.rename(cached)
+    return Path(shutil.copytree(cached, tmp_path_factory.mktemp("models") / name))
+
+
 @pytest.fixture(scope="session")
 def smoke_model(tmp_path_factory):
-    """The trained tiny Qwen2.5-VL (scores brightness), built offline once per test session."""
+    """The trained tiny Qwen2.5-VL (scores brightness), built offline (once, then cached between sessions)."""
     pytest.importorskip("transformers", reason="needs the transformers extra")
     from smoke import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "qponder-smoke")
+    return cached_model(tmp_path_factory, "qponder-smoke", build_tiny_model)
 
 
 @pytest.fixture(scope="session")

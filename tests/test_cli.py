@@ -79,7 +79,7 @@ def test_assess_csv_table_and_no_think(smoke_model, images):
 
 
 def test_usage_errors_exit_2(images, tmp_path, monkeypatch):
-    monkeypatch.setattr("qponder_plugin.scorer.NANO", tmp_path / "no-bundled-model")
+    monkeypatch.setattr("qponder_plugin.spec.NANO", tmp_path / "no-bundled-model")
     no_model = invoke("assess", images, env={"QPONDER_MODEL": ""})
     assert no_model.exit_code == 2 and "QPONDER_MODEL" in no_model.output
     assert invoke("assess").exit_code == 2

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from qponder_plugin import assess, load_scorer
 from qponder_plugin.cli import build
-from qponder_plugin.scorer import NANO, nano_installed
+from qponder_plugin.spec import NANO, nano_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "examples" / "images").glob("*.jpg"))

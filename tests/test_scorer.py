@@ -146,7 +146,7 @@ def test_public_api_json_schema_and_model_env(smoke_model, monkeypatch):
 
 def test_no_model_and_no_bundled_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv("QPONDER_MODEL", raising=False)
-    monkeypatch.setattr("qponder_plugin.scorer.NANO", tmp_path / "missing")
+    monkeypatch.setattr("qponder_plugin.spec.NANO", tmp_path / "missing")
     with pytest.raises(ModelNotFoundError, match="QPONDER_MODEL"):
         assess(solid_image(0.5, 32))
 

@@ -14,7 +14,7 @@ from qponder_plugin.training.settings import SettingError, resolve_training_mode
 from trl import GRPOConfig, SFTConfig  # noqa: E402
 
 from qponder_plugin.cli import build  # noqa: E402
-from qponder_plugin.scorer import NANO  # noqa: E402
+from qponder_plugin.spec import NANO  # noqa: E402
 
 
 def invoke(*args):

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from qponder_plugin.scorer import MODEL_CARD
+from qponder_plugin.spec import MODEL_CARD
 
 ADAPTER_CONFIG = "adapter_config.json"
 NOT_RECORDED = "not recorded"

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qponder_plugin.default_plugins.commands import with_progress
-from qponder_plugin.scorer import MODEL_CARD, Scorer
+from qponder_plugin.scorer import Scorer
+from qponder_plugin.spec import MODEL_CARD
 
 from .data import MosRecord, MosSet, split_by_group, to_dataset
 from .distill import distill, read_distilled

@@ -9,7 +9,7 @@ import types
 import typing
 from pathlib import Path
 
-from qponder_plugin.scorer import resolve_model
+from qponder_plugin.spec import ModelSpec
 
 
 class SettingError(ValueError):
@@ -20,7 +20,7 @@ def resolve_training_model(model: str | None) -> str:
     """``model`` as the core resolves it (an alias such as ``nano``, ``$QPONDER_MODEL``, a folder, a hub id). A hub
     id must be in the local hub cache when ``HF_HUB_OFFLINE`` is set, and must exist on the hub otherwise: this is
     checked once, up front, instead of failing after a minute of retries inside transformers."""
-    model_id, _ = resolve_model(model)
+    model_id = ModelSpec.resolve(model).checkpoint
     if Path(model_id).is_dir():
         return model_id
     from huggingface_hub import constants, try_to_load_from_cache

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from qponder_plugin.default_plugins.profiles import QPONDER
-from qponder_plugin.scorer import MODEL_CARD
+from qponder_plugin.spec import MODEL_CARD
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from builders import build_config, build_processor, build_tokenizer
 
 from qponder_plugin.default_plugins.profiles import QPONDER
-from qponder_plugin.scorer import MODEL_CARD
+from qponder_plugin.spec import MODEL_CARD
 
 IMAGE_SIDE = 56  # pixels per side the processor feeds the vision tower: 4x4 patches -> 4 merged image tokens
 _BANDS = (  # brightness upper bound -> exposure findings

@@ -49,7 +49,7 @@ from vision_tune import fast_bf16, tune_vision
 
 from qponder_plugin import load_scorer
 from qponder_plugin.default_plugins.profiles import QPONDER
-from qponder_plugin.scorer import MODEL_CARD
+from qponder_plugin.spec import MODEL_CARD
 
 ANSWER = re.compile(r"<answer>.*?</answer>", re.S)
 

@@ -100,7 +100,8 @@ def assess_command(images, model, profile, backend, base_url, api_key_env, backe
     """
     from ..backend import BackendError
     from ..images import iter_image_files
-    from ..scorer import ModelNotFoundError, Scorer
+    from ..scorer import Scorer
+    from ..spec import ModelNotFoundError
 
     paths = list(iter_image_files(images))
     if not paths:
@@ -181,7 +182,7 @@ def _print_table(rows) -> None:
 def models_command(as_json):
     """List the known checkpoints (by alias) and the model profiles."""
     from ..registry import get_profiles
-    from ..scorer import list_models
+    from ..spec import list_models
 
     models = [vars(m) for m in list_models()]
     profiles = [{"name": p.name, "description": p.description, "score_range": list(p.score_range)}

@@ -144,7 +144,7 @@ def collect(options: FilterOptions) -> list:
 def run(options: FilterOptions) -> dict:
     """Filter into the store (and the keep and reject folders); write the report and the export; the summary."""
     from ..backend import BackendError
-    from ..scorer import ModelNotFoundError
+    from ..spec import ModelNotFoundError
     from .engine import FilterRun
     from .manifest import export_manifest
     from .placement import PlacementError
@@ -183,7 +183,7 @@ def run(options: FilterOptions) -> dict:
 
 def run_parquet(options: FilterOptions) -> dict:
     """``--output``: Ray writes parquet shards; the summary."""
-    from ..scorer import ModelNotFoundError
+    from ..spec import ModelNotFoundError
     from .shards import filter_to_parquet
 
     try:

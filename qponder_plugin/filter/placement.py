@@ -16,7 +16,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from .fingerprint import file_digest
+from ..spec import file_digest
 from .store import Placement, ResultStore
 
 ACTIONS = ("copy", "link", "move")

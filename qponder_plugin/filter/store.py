@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..result import Assessment
-from .fingerprint import file_digest
+from ..spec import file_digest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS configs (key TEXT PRIMARY KEY, config TEXT NOT NULL);

@@ -36,7 +36,7 @@ def main() -> None:
     from qponder_plugin.training.data import read_mos
     from vision_tune import tune_vision
 
-    from qponder_plugin.scorer import NANO
+    from qponder_plugin.spec import NANO
 
     records = list(read_mos(args.data, split="train"))[:args.steps * args.batch_size]
     images, scores = [str(r.image) for r in records], [r.mos for r in records]
