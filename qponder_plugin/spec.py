@@ -61,14 +61,24 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def hub_subfolder(model: str) -> tuple[str, dict]:
+    """``owner/name/sub/folder``, not a local path, names a checkpoint in a hub repository's subfolder (MR-IQA-2
+    keeps its scorer in ``actor/``): the repository id and the ``subfolder`` argument that loads it."""
+    parts = model.split("/")
+    if len(parts) > 2 and not os.path.isabs(model) and not os.path.exists(model):
+        return "/".join(parts[:2]), {"subfolder": "/".join(parts[2:])}
+    return model, {}
+
+
 def _hub_file(model_id: str, name: str, revision: str | None) -> Path | None:
     """A file of a hub checkpoint from the local hub cache, without reaching the hub."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
+    repo, where = hub_subfolder(model_id)
     try:
-        found = try_to_load_from_cache(model_id, name, revision=revision)
+        found = try_to_load_from_cache(repo, "/".join([*where.values(), name]), revision=revision)
     except ValueError:  # not a hub id (a folder that does not exist, say): the backend says so when it loads
         return None
     return Path(found) if isinstance(found, str) else None

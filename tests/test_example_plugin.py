@@ -17,7 +17,8 @@ import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "qponder-example-plugin"
 EXAMPLE_HOOKS = ["on_assessed", "register_image_loaders", "register_profiles"]
-BUILTIN_PROFILES = {"qponder", "visualquality-r1", "q-insight", "qwen2.5-vl-instruct"}
+BUILTIN_PROFILES = {"qponder", "visualquality-r1", "q-insight", "qwen2.5-vl-instruct", "mr-iqa", "iqa-t1", "mr-iqa-2",
+                    "q-realign", "zoom-iqa", "evoquality"}
 
 
 def pip_install(project: Path, target: Path) -> Path:

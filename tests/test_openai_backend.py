@@ -162,7 +162,8 @@ def test_generic_server_writes_the_answer_prefix_itself(serve):
     with scorer(server) as s:
         [result] = s.assess_batch(images(1), think=False)
     body = server.bodies[0]
-    assert "continue_final_message" not in body and body["messages"][-1]["role"] == "user"
+    assert "continue_final_message" not in body and "chat_template_kwargs" not in body
+    assert body["messages"][-1]["role"] == "user"
     assert body["max_tokens"] > 3 and result.status == "ok" and result.raw == "<answer>3.50</answer>"
     assert result.score == 4.0
 
@@ -176,6 +177,7 @@ def test_vllm_server_gets_exact_digit_ids_and_continues_the_prefix(serve):
     assert body["logprob_token_ids"] == list(range(100, 110))
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     assert body["messages"][-1] == {"role": "assistant", "content": "<answer>"} and body["max_tokens"] == 3
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}  # a Qwen3.5 template writes no reasoning
 
 
 def test_one_failing_request_leaves_the_rest_of_the_batch(serve):

@@ -7,9 +7,10 @@ hosted API), through the official async ``openai`` client.
   ``max_retries``. A dead, failing or hung server therefore costs each request a bounded time, and then the request
   becomes a ``backend_error`` row. The rest of the batch goes on.
 - The score's log-probabilities come from ``logprobs``/``top_logprobs``. On a vLLM server (its ``/models`` says
-  ``owned_by: vllm``, or ``server_extras=True``), two more things are used. ``logprob_token_ids`` asks for exactly
-  the digit tokens (the top 20 can miss one). ``continue_final_message`` continues the no-think answer prefix. A
-  server that returns no log-probabilities leaves the score to the parsed text (``method="text"``).
+  ``owned_by: vllm``, or ``server_extras=True``), three more things are used. ``logprob_token_ids`` asks for exactly
+  the digit tokens (the top 20 can miss one). ``continue_final_message`` continues the no-think answer prefix, and
+  ``chat_template_kwargs`` switches a Qwen3.5 template's reasoning off for it (on otherwise). A server that returns no
+  log-probabilities leaves the score to the parsed text (``method="text"``).
 - The key comes from ``$OPENAI_API_KEY`` (or the variable named by ``api_key_env``) and is never logged. The base
   URL comes from ``base_url``, else ``$OPENAI_BASE_URL``.
 """
@@ -139,6 +140,8 @@ class OpenAIBackend(Backend):
         if continues:
             messages.append({"role": "assistant", "content": request.prefix})
             extra.update(add_generation_prompt=False, continue_final_message=True)
+        if self.server_extras:  # reasoning on or off as in the other backends' chat_text (Qwen3.5 templates)
+            extra["chat_template_kwargs"] = {"enable_thinking": not request.prefix}
         if self.digit_ids:
             extra["logprob_token_ids"] = self.digit_ids
         budget = max_new_tokens + (NO_PREFIX_ALLOWANCE if request.prefix and not continues else 0)

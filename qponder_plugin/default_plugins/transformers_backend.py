@@ -1,9 +1,10 @@
 """The ``transformers`` backend: in-process, batched, the embedded default.
 
-Loads any hub id or local folder through ``AutoProcessor`` and ``AutoModelForImageTextToText`` (safetensors
-only; ``trust_remote_code`` off unless asked). Batches use left padding. Greedy decoding by default. Per-step
-digit log-probabilities are recorded by a logits processor while decoding, so memory does not grow with the
-vocabulary: a 7B model's full logits for 512 steps would not fit.
+Loads any hub id (or ``owner/name/subfolder``) or local folder through ``AutoProcessor`` and
+``AutoModelForImageTextToText`` (safetensors only; ``trust_remote_code`` off unless asked). Prompts come from the
+model's own chat template, with reasoning switched on or off to match the request (``chat_text``). Batches use left
+padding. Greedy decoding by default. Per-step digit log-probabilities are recorded by a logits processor while
+decoding, so memory does not grow with the vocabulary: a 7B model's full logits for 512 steps would not fit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from transformers import (
 )
 
 from ..backend import Backend, BackendError, Completion, Request
+from ..spec import hub_subfolder
 
 
 def pick_device(device: str | None) -> str:
@@ -55,8 +57,10 @@ def pick_attention(device: str, requested: str | None) -> str | None:
 def load_processor(model: str, *, trust_remote_code: bool = False, revision: str | None = None):
     """The model's multimodal processor. A bare tokenizer (what transformers returns for Qwen2.5-VL without
     torchvision) is an error here, not a silent text-only run."""
+    repo, where = hub_subfolder(model)
     try:
-        processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code, revision=revision)
+        processor = AutoProcessor.from_pretrained(repo, trust_remote_code=trust_remote_code, revision=revision,
+                                                  **where)
     except (OSError, ValueError, ImportError) as exc:
         raise BackendError(f"cannot load the processor of {model!r}: {exc}") from exc
     if getattr(processor, "image_processor", None) is None:
@@ -90,10 +94,24 @@ def digit_logprobs(logits: torch.Tensor, groups: dict[str, list[int]]) -> torch.
 
 
 def chat_text(processor, request: Request) -> str:
-    """The prompt in the model's own chat template, ending inside the assistant turn after ``request.prefix``."""
+    """The prompt in the model's own chat template, ending inside the assistant turn after ``request.prefix``.
+
+    A request with an answer prefix (no-think) switches reasoning off: ``enable_thinking=False`` for templates that
+    take it (Qwen3.5 then writes an empty ``<think>`` block), and a ``<think>`` that the template opens regardless
+    (Qwen3-VL Thinking) is closed empty, so the prefix follows at once. Without a prefix, reasoning is switched on.
+    """
+    think = not request.prefix
     messages = [{"role": "system", "content": request.system}] if request.system else []
     messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]})
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + request.prefix
+    switch = {"enable_thinking": think} if "enable_thinking" in str(processor.chat_template or "") else {}
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **switch)
+    return (text if think else close_open_think(text)) + request.prefix
+
+
+def close_open_think(prompt: str) -> str:
+    """``prompt`` with a ``<think>`` left open at its end closed empty, as Qwen3 templates do for no reasoning."""
+    stripped = prompt.rstrip()
+    return stripped + "\n\n</think>\n\n" if stripped.endswith("<think>") else prompt
 
 
 class DigitRecorder(LogitsProcessor):
@@ -121,10 +139,11 @@ class TransformersBackend(Backend):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         self.processor = load_processor(model, trust_remote_code=trust_remote_code, revision=revision)
+        repo, where = hub_subfolder(model)
         try:
             self.model = AutoModelForImageTextToText.from_pretrained(
-                model, dtype=self.dtype, trust_remote_code=trust_remote_code, revision=revision,
-                use_safetensors=True, attn_implementation=pick_attention(self.device, attn_implementation),
+                repo, dtype=self.dtype, trust_remote_code=trust_remote_code, revision=revision,
+                use_safetensors=True, attn_implementation=pick_attention(self.device, attn_implementation), **where,
             ).to(self.device).eval()
         except (OSError, ValueError, ImportError) as exc:
             raise BackendError(f"cannot load {model!r} with transformers: {exc}") from exc
