@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from engines import CPU_ENGINE, engine_env, engine_python, stop, vllm_offline, vllm_server  # noqa: E402
 
-from qponder_plugin.scorer import NANO, Scorer  # noqa: E402
+from qponder_plugin.scorer import Scorer  # noqa: E402
+from qponder_plugin.spec import NANO  # noqa: E402
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -153,9 +153,9 @@ def run(options: FilterOptions) -> dict:
     from .store import ResultStore
 
     summary: dict = {"store": options.store}
+    inputs = collect(options) if options.sources else []
     with ResultStore(options.store) as store:
         if options.sources:
-            inputs = collect(options)
             try:
                 config = options.scoring_config(store.digest)
             except (ModelNotFoundError, KeyError) as exc:
