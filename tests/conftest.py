@@ -82,6 +82,19 @@ def smoke_model(tmp_path_factory):
     return cached_model(tmp_path_factory, "qponder-smoke", build_tiny_model)
 
 
+@pytest.fixture(scope="session", params=["qwen3-vl", "qwen3.5"])
+def qwen3_model(request, tmp_path_factory):
+    """``(family, folder)``: a tiny Qwen3-VL (Thinking-style template) or Qwen3.5 model, trained briefly (40 steps) so
+    that its answers parse in both modes; built once, then cached between sessions."""
+    pytest.importorskip("transformers", reason="needs the transformers extra")
+    pytest.importorskip("trl", reason="the Qwen3.5 chat template comes from trl")
+    from smoke import build_tiny_model
+
+    family = request.param
+    return family, cached_model(tmp_path_factory, f"qponder-smoke-{family}",
+                                lambda path: build_tiny_model(path, family=family, steps=40))
+
+
 @pytest.fixture(scope="session")
 def scorer(smoke_model):
     from qponder_plugin import load_scorer

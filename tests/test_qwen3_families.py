@@ -6,7 +6,7 @@ import math
 
 import pytest
 from click.testing import CliRunner
-from smoke import build_tiny_model, solid_image
+from smoke import solid_image
 
 from qponder_plugin import assess, load_scorer
 from qponder_plugin.backend import Request
@@ -100,15 +100,6 @@ def test_no_think_prefixes_end_where_the_score_starts(profile, completion, value
 def test_level_answers_never_guess():
     parsed = get_profile("q-realign").parse("The quality of the image is hard to say.")
     assert parsed.value is None and "no quality level" in parsed.error
-
-
-# The tiny Qwen3 models: trained briefly (40 steps, about ten seconds each) so that answers parse.
-@pytest.fixture(scope="session", params=["qwen3-vl", "qwen3.5"])
-def qwen3_model(request, tmp_path_factory):
-    pytest.importorskip("transformers", reason="needs the transformers extra")
-    pytest.importorskip("trl", reason="the Qwen3.5 chat template comes from trl")
-    return request.param, build_tiny_model(tmp_path_factory.mktemp("models") / request.param, family=request.param,
-                                           steps=40)
 
 
 @pytest.fixture
