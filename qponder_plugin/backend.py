@@ -30,9 +30,10 @@ class TokenStep:
 
 @dataclass(frozen=True)
 class Request:
-    """One image to score: the user prompt, an optional system prompt, and the assistant-turn prefix to continue."""
+    """One image to score: the user prompt, an optional system prompt, and the assistant-turn prefix to continue
+    (``image=None``: a text-only prompt, for ``chat_text``)."""
 
-    image: Image.Image
+    image: Image.Image | None
     prompt: str
     system: str | None = None
     prefix: str = ""

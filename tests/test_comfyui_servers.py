@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from smoke import solid_image
 
 from qponder_plugin.cli import build
 
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "comfyui"
 SAMPLES = sorted((ROOT / "examples" / "images").glob("*.jpg"))
 NODE_IDS = ["QPonderModelLoader", "QPonderAssess", "QPonderGate", "QPonderRank", "QPonderSaveImage"]
+QWEN3_ALIASES = ["mr-iqa", "iqa-t1", "mr-iqa-2", "q-realign-mini", "zoom-iqa-7b", "evoquality"]
 NEEDS = ["aiohttp", "torchsde", "einops", "kornia", "scipy", "yaml", "psutil", "av", "alembic", "spandrel"]
 
 
@@ -165,6 +167,38 @@ def test_the_five_nodes_are_registered(server):
     if server.name == "current":  # served by the V3 schema: its node info carries the V3-only fields
         assert {"price_badge", "output_matchtypes"} <= set(info["QPonderGate"])
         assert "price_badge" not in info["SaveImage"]  # a V1 node of the same server, for contrast
+
+
+def test_the_loader_offers_the_2026_checkpoints(server):
+    spec = server.get("/object_info/QPonderModelLoader")["QPonderModelLoader"]["input"]["required"]["model"]
+    choices = spec[1]["options"] if spec[0] == "COMBO" else spec[0]  # V3 combos list their options apart
+    assert {"nano", *QWEN3_ALIASES} <= set(choices)
+
+
+@pytest.mark.parametrize(("server", "qwen3_model"), [("current", "qwen3-vl")], indirect=True)
+def test_a_gate_on_a_qwen3_vl_model(server, qwen3_model):
+    """The tiny Qwen3-VL (its template opens <think>; it scores brightness) loaded by folder, gating with reasoning:
+    the dark image is rejected into a PreviewImage, the bright one passes into a SaveImage."""
+    for name, brightness in (("qwen3-dark.png", 0.1), ("qwen3-bright.png", 0.9)):
+        solid_image(brightness, 64, seed=1).save(server.input / name)
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "qwen3-dark.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "qwen3-bright.png"}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "4": {"class_type": "QPonderModelLoader", "inputs": {"model": "nano", "custom_model": str(qwen3_model[1]),
+              "backend": "transformers", "device": "cpu", "think": True, "keep_loaded": False}},
+        "5": {"class_type": "QPonderGate", "inputs": {"images": ["3", 0], "threshold": 3.0, "strategy": "think",
+              "without_blocker": "error", "model": ["4", 0]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "qwen3/passed"}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
+    }
+    entry = server.run(graph)
+    assert entry["status"]["status_str"] == "success", server.log_tail()
+    dark, bright = ui_text(entry, "5").splitlines()  # "#1 2.31 rejected — Exposure: ..."
+    assert dark.startswith("#1 ") and " rejected — Exposure:" in dark, dark
+    assert bright.startswith("#2 ") and " passed — Exposure:" in bright, bright
+    assert float(dark.split()[1]) < 3.0 <= float(bright.split()[1])
+    assert len(server.saved("qwen3/passed")) == 1 and len(entry["outputs"]["7"]["images"]) == 1
 
 
 def test_gate_before_save_saves_each_side_with_its_score(server):

@@ -15,11 +15,11 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from qponder_plugin.spec import MODEL_CARD
+from qponder_plugin.spec import FAMILIES, MODEL_CARD
 
 ADAPTER_CONFIG = "adapter_config.json"
 NOT_RECORDED = "not recorded"
-DEFAULT_TAGS = ("image-quality-assessment", "qponder", "qwen2.5-vl", "reasoning", "visual-quality")
+DEFAULT_TAGS = ("image-quality-assessment", "qponder", "reasoning", "visual-quality")  # and the model's family
 _METRIC_COLUMNS = (("srcc", "SRCC"), ("plcc", "PLCC"), ("krcc", "KRCC"), ("rmse", "RMSE"),
                    ("plcc_raw", "PLCC (raw)"), ("parse_failure_rate", "parse failures"), ("n", "n"))
 
@@ -112,8 +112,9 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, base_mo
       ``qponder.json`` already in the checkpoint are kept unless overridden.
     - ``README.md`` is a model card built from ``card``: keys ``data``, ``settings``, ``metrics`` (a metrics dict,
       an :func:`~qponder_plugin.training.evaluate.evaluate` report, or a mapping of eval name to either),
-      ``limits``; optional ``name``, ``description``, ``license``, ``tags``, ``weights`` (how a model without a base
-      was made), ``variants`` (lines on what was tried and lost). Missing sections say "not recorded".
+      ``limits``; optional ``name``, ``description``, ``license``, ``tags`` (the model's family, such as
+      ``qwen3-vl``, is one), ``weights`` (how a model without a base was made), ``variants`` (lines on what was tried
+      and lost). Missing sections say "not recorded".
 
     The input checkpoint is never modified or deleted. A non-empty ``out_dir`` is refused unless
     ``overwrite=True``; the folder is built next to it and swapped in only when complete. ``dtype`` is passed to
@@ -130,6 +131,7 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, base_mo
         base = base or info.get("base_model")
 
     card = dict(card or {})
+    card["tags"] = [FAMILIES.get(model.config.model_type, model.config.model_type), *card.get("tags", ())]
     info.update({"profile": card.get("profile", info.get("profile", "qponder")), "base_model": base,
                  "source_checkpoint": checkpoint, "merged_adapter": adapter})
     if card.get("name"):

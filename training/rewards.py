@@ -4,12 +4,13 @@ Each takes ``completions`` (chat messages or strings) plus the dataset columns a
 the 1–5 scale, ``image``) and returns one float per completion. A completion that does not parse earns 0, never a
 made-up score.
 
-- ``format``: ``<think>…</think><answer>x</answer>`` with a parseable score, and nothing after it.
+- ``format``: ``<think>…</think><answer>x</answer>`` with a parseable score, and nothing after it; the ``<think>``
+  may be the chat template's (Qwen3-VL Thinking and Qwen3.5 open it, so their answers start with the reasoning).
 - ``accuracy``: 1 when ``|pred − mos| < threshold`` (0.35, the peers' value), else 0.
 - ``accuracy_gaussian``: ``exp(−(pred − mos)² / 2σ²)``, σ = 0.5: a dense signal for small batches.
 - ``consistency`` (the Q-Ponder idea): the policy model reads its own reasoning *without the image* and scores it
-  (expected first digit under its token distribution); the reward is ``exp(−(s_reasoning − s_answer)² / 2σ²)``,
-  so the reasoning has to justify the answer instead of decorating it.
+  (expected first digit under its token distribution, after a no-think prompt as the scorer writes it); the reward
+  is ``exp(−(s_reasoning − s_answer)² / 2σ²)``, so the reasoning has to justify the answer instead of decorating it.
 - ``rank_fidelity`` (VisualQuality-R1 style): for each other image in the batch, the probability that this
   completion ranks its image above the other (Thurstone, ``Φ((s − μ_b) / sqrt(σ_b² + γ))``) is compared with the
   MOS order by the fidelity measure ``sqrt(p·t) + sqrt((1−p)(1−t))``; the reward is the mean over other images.
@@ -34,7 +35,7 @@ from qponder_plugin.scoring import digit_distribution
 
 from .describer import FINDINGS, findings, measure, stated
 
-_FORMAT = re.compile(r"\s*<think>.+?</think>\s*<answer>.+?</answer>\s*", re.S)
+_FORMAT = re.compile(r"\s*(?:<think>)?(?:(?!</?think>).)+</think>\s*<answer>.+?</answer>\s*", re.S)
 
 CONSISTENCY_PROMPT = ("Here is an assessment of an image's visual quality, written by an expert who saw the image:\n"
                       "{reasoning}\n\nFrom this assessment alone, give the image's quality score from 1 (very poor) "
@@ -42,13 +43,13 @@ CONSISTENCY_PROMPT = ("Here is an assessment of an image's visual quality, writt
 
 
 def completion_text(completion) -> str:
-    """The assistant text of a trl completion (a string, or a list of chat messages)."""
+    """The text of a trl completion or prompt (a string, or a list of chat messages): its last message's."""
     if isinstance(completion, str):
         return completion
     content = completion[-1]["content"]
     if isinstance(content, str):
         return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return "".join(part.get("text") or "" for part in content if isinstance(part, dict))  # Arrow: image text None
 
 
 def predicted_score(text: str, profile: Profile = QPONDER) -> float | None:
@@ -91,14 +92,13 @@ class ConsistencyReward:
 
     def __init__(self, sigma: float = 0.5, profile: Profile = QPONDER):
         self.sigma, self.profile = sigma, profile
-        self.model = self.tokenizer = self.groups = None
+        self.trainer = self.processor = self.tokenizer = self.groups = None
 
     def bind(self, trainer) -> None:
         from qponder_plugin.default_plugins.transformers_backend import digit_token_ids
 
-        self.trainer = trainer
-        processing = trainer.processing_class
-        self.tokenizer = getattr(processing, "tokenizer", processing)
+        self.trainer, self.processor = trainer, trainer.processing_class
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.groups = digit_token_ids(self.tokenizer)
 
     def reasoning_scores(self, reasonings: list[str]) -> list[float]:
@@ -107,12 +107,12 @@ class ConsistencyReward:
 
         if not reasonings:
             return []
-        from qponder_plugin.default_plugins.transformers_backend import digit_logprobs
+        from qponder_plugin.backend import Request
+        from qponder_plugin.default_plugins.transformers_backend import chat_text, digit_logprobs
 
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        prompts = [self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": [{"type": "text", "text": CONSISTENCY_PROMPT.format(reasoning=r)}]}],
-            tokenize=False, add_generation_prompt=True) + self.profile.answer_prefix for r in reasonings]
+        prompts = [chat_text(self.processor, Request(None, CONSISTENCY_PROMPT.format(reasoning=r),
+                                                     prefix=self.profile.answer_prefix)) for r in reasonings]
         side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
         try:
             batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)

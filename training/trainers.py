@@ -3,8 +3,11 @@
 Both load a checkpoint (a full model, or a LoRA adapter, merged on load), freeze the vision tower or train it (at
 the language model's rate, or at rates of its own: ``vision_learning_rates``), and save a standalone checkpoint with
 the LoRA merged (the adapter itself is kept in ``adapter/``), so each stage's output feeds the next stage and every
-backend as it is. LoRA goes on the language model only: a bare suffix list such as ``q_proj`` would also match the
-vision MLP.
+backend as it is. LoRA goes on the language model only (attention, Qwen3.5's linear attention, MLP): a bare suffix
+list such as ``q_proj`` would also match the vision MLP.
+Prompts are the scorer's own (the core's ``chat_text``): SFT trains on exactly the text the scorer will send, and
+GRPO generates with reasoning switched on, so a template that opens ``<think>`` itself (Qwen3-VL Thinking, Qwen3.5)
+is trained as it is used.
 Trainer settings come from ``args`` (any ``SFTConfig`` / ``GRPOConfig`` field) over our defaults: CPU float32
 here, bf16 on a CUDA GPU. Multi-GPU is accelerate's job: ``accelerate launch -m qponder_plugin train sft ...``.
 """
@@ -15,10 +18,14 @@ import copy
 import json
 from pathlib import Path
 
+from qponder_plugin.backend import Request
 from qponder_plugin.default_plugins.profiles import QPONDER
 from qponder_plugin.spec import MODEL_CARD
 
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+from .rewards import completion_text
+
+LORA_TARGETS = (r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|in_proj_qkv|in_proj_z|out_proj|gate_proj|up_proj"
+                r"|down_proj)")
 
 
 def load_policy(checkpoint: str | Path, *, freeze_vision: bool = True):
@@ -128,19 +135,38 @@ def _finish(trainer, processor, output_dir: Path, lora: bool) -> Path:
     return output_dir
 
 
+def sft_texts(processor):
+    """A ``with_transform`` function that turns ``data.to_dataset`` rows (conversational, image paths) into the text
+    the scorer sends (``chat_text``, reasoning on) and the answer after it: without the ``<think>`` that a template
+    opened, and ended by the end-of-turn token. Images are decoded on access."""
+    from qponder_plugin.default_plugins.transformers_backend import chat_text, opens_think
+
+    from .data import load_images
+
+    def transform(batch: dict) -> dict:
+        out = load_images(batch)
+        out["prompt"] = [chat_text(processor, Request(images[0], completion_text(turn)))
+                         for images, turn in zip(out["images"], batch["prompt"])]
+        opened = ["<think>" if opens_think(prompt) else "" for prompt in out["prompt"]]
+        out["completion"] = [completion_text(answer).removeprefix(start) + processor.tokenizer.eos_token
+                             for start, answer in zip(opened, batch["completion"])]
+        return out
+
+    return transform
+
+
 def run_sft(checkpoint, train_dataset, output_dir, *, lora: bool = True, lora_r: int = 16, lora_alpha: int = 32,
             freeze_vision: bool = True, vision_learning_rates: tuple[float, float] | None = None,
             args: dict | None = None) -> Path:
     """Cross-entropy on the completions only; ``train_dataset`` comes from ``data.to_dataset(...,
-    with_completion=...)`` (image paths, decoded on access). ``vision_learning_rates`` (blocks, merger) trains the
-    vision tower at those rates whatever ``freeze_vision`` says. Returns the output folder."""
+    with_completion=...)`` (image paths, decoded on access; the prompts as the scorer writes them: ``sft_texts``).
+    ``vision_learning_rates`` (blocks, merger) trains the vision tower at those rates whatever ``freeze_vision``
+    says. Returns the output folder."""
     from trl import SFTConfig, SFTTrainer
-
-    from .data import load_images
 
     output_dir = Path(output_dir)
     model, processor, peft_config = _policy(checkpoint, lora, lora_r, lora_alpha, freeze_vision, vision_learning_rates)
-    train_dataset = train_dataset.with_transform(load_images)
+    train_dataset = train_dataset.with_transform(sft_texts(processor))
     config = SFTConfig(output_dir=str(output_dir), **{**trainer_defaults(), "completion_only_loss": True,
                                                       "max_length": None, **(args or {})})
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, processing_class=processor,
@@ -168,8 +194,11 @@ def build_grpo(checkpoint, train_dataset, output_dir, *, rewards=("format", "acc
                freeze_vision: bool = True, vision_learning_rates: tuple[float, float] | None = None,
                args: dict | None = None):
     """A ready ``trl.GRPOTrainer`` on ``data.to_dataset(...)`` rows, with our rewards bound to it (``bind(trainer)``
-    for model-based rewards such as ``consistency``). ``vision_learning_rates`` as in ``run_sft``."""
+    for model-based rewards such as ``consistency``). It generates with reasoning on (``enable_thinking`` where the
+    template takes it). ``vision_learning_rates`` as in ``run_sft``."""
     from trl import GRPOConfig, GRPOTrainer
+
+    from qponder_plugin.default_plugins.transformers_backend import thinking_switch
 
     from .data import load_images
 
@@ -187,7 +216,8 @@ def build_grpo(checkpoint, train_dataset, output_dir, *, rewards=("format", "acc
     processor.tokenizer.padding_side = "left"
     # Two or more images per step, so rank_fidelity has something to rank against.
     settings = {**trainer_defaults(), "num_generations": 4, "per_device_train_batch_size": 8,
-                "max_completion_length": 256, "temperature": 1.0, "beta": 0.04, **(args or {})}
+                "max_completion_length": 256, "temperature": 1.0, "beta": 0.04,
+                "chat_template_kwargs": thinking_switch(processor, True), **(args or {})}
     config = GRPOConfig(output_dir=str(output_dir), reward_weights=weights, **settings)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
                           processing_class=processor, peft_config=peft_config)

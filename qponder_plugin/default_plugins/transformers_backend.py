@@ -93,25 +93,38 @@ def digit_logprobs(logits: torch.Tensor, groups: dict[str, list[int]]) -> torch.
     return torch.stack([logprobs[:, groups[d]].logsumexp(-1) for d in sorted(groups)], -1)
 
 
+def thinking_switch(processor, think: bool) -> dict:
+    """The chat-template arguments that switch reasoning on or off: ``enable_thinking`` for templates that take it
+    (Qwen3.5), nothing for the others."""
+    return {"enable_thinking": think} if "enable_thinking" in str(processor.chat_template or "") else {}
+
+
 def chat_text(processor, request: Request) -> str:
     """The prompt in the model's own chat template, ending inside the assistant turn after ``request.prefix``.
 
     A request with an answer prefix (no-think) switches reasoning off: ``enable_thinking=False`` for templates that
     take it (Qwen3.5 then writes an empty ``<think>`` block), and a ``<think>`` that the template opens regardless
     (Qwen3-VL Thinking) is closed empty, so the prefix follows at once. Without a prefix, reasoning is switched on.
+    A request without an image (``image=None``) gets a text-only user turn.
     """
     think = not request.prefix
     messages = [{"role": "system", "content": request.system}] if request.system else []
-    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]})
-    switch = {"enable_thinking": think} if "enable_thinking" in str(processor.chat_template or "") else {}
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **switch)
+    image = [] if request.image is None else [{"type": "image"}]
+    messages.append({"role": "user", "content": [*image, {"type": "text", "text": request.prompt}]})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                         **thinking_switch(processor, think))
     return (text if think else close_open_think(text)) + request.prefix
+
+
+def opens_think(prompt: str) -> bool:
+    """Whether ``prompt`` ends inside a ``<think>`` block that the chat template opened (Qwen3-VL Thinking, Qwen3.5
+    with reasoning on): the model's answer then starts with its reasoning, not with ``<think>``."""
+    return prompt.rstrip().endswith("<think>")
 
 
 def close_open_think(prompt: str) -> str:
     """``prompt`` with a ``<think>`` left open at its end closed empty, as Qwen3 templates do for no reasoning."""
-    stripped = prompt.rstrip()
-    return stripped + "\n\n</think>\n\n" if stripped.endswith("<think>") else prompt
+    return prompt.rstrip() + "\n\n</think>\n\n" if opens_think(prompt) else prompt
 
 
 class DigitRecorder(LogitsProcessor):
