@@ -38,6 +38,7 @@ from pathlib import Path
 
 import engines
 from engines import CPU_ENGINE, engine_env, engine_python, stop
+from provenance import weights_line
 
 from qponder_plugin.result import reading_mode
 
@@ -277,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     report = [
         f"# {shlex.join([python, *sys.argv])}",
         f"# {time.strftime('%Y-%m-%d')}, commit {commit}, {os.cpu_count()} CPU cores",
+        weights_line(model),
         f"model {model}; {source}; {minutes:.1f} min in all (engine start-ups included); 1-min load average "
         f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
         f"vLLM {offline['version']}, {engine} {engine_settings(args.gpu)}; transformers on {device}",

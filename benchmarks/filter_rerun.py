@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from provenance import weights_header
 from smoke_model import MODEL_HELP, model_or_smoke, solid_image
 
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=3.0)
     args = parser.parse_args()
     args.model = model_or_smoke(args.model)
+    print(weights_header(args.model), flush=True)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         folder = args.folder

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import weights_line
 from qponder_plugin.training.data import read_mos
 
 TRAINING = ("distill", "sft", "grpo", "export")
@@ -77,6 +78,7 @@ def main() -> None:
                             cwd=Path(__file__).parent).stdout.strip()
     lines = [f"# .venv/bin/python benchmarks/finetune.py {' '.join(sys.argv[1:])}",
              f"# {time.strftime('%Y-%m-%d')}, commit {commit}, load average {load:.1f} at the start",
+             weights_line(args.model),  # the base model the runs start from
              f"model {args.model}, BIQ2021 official test split ({len(test)} photos); train photos: a seed-"
              f"{args.seed} sample of its train split; extra options: {' '.join(extra) or 'none'}", "",
              f"{'train photos':>12} {'SRCC before':>11} {'after SFT':>9} {'after GRPO':>10} {'gain':>6} "

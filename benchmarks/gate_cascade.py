@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from provenance import weights_header
 from smoke_model import MODEL_HELP, model_or_smoke, solid_image
 
 from qponder_plugin import QualityGate, load_scorer
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--prefill-steps", type=float, default=10.0)
     args = parser.parse_args()
     args.model = model_or_smoke(args.model)
+    print(weights_header(args.model), flush=True)
     inputs = images(args)
     with load_scorer(args.model, batch_size=8) as scorer:
         scorer.assess_batch(inputs[:2], think=False)  # warm up

@@ -25,6 +25,8 @@ import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from provenance import weights_header
+
 
 def teacher_findings(paths: list[str], max_pixels: int) -> list[dict]:
     """The teacher's finding per aspect for each image, measured at ``max_pixels`` (the model's input size)."""
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--max-pixels", type=int, default=252 * 252,
                         help="the input size at which the teacher's table measures (the nano model's)")
     args = parser.parse_args()
+    print(weights_header(*args.models), flush=True)  # none: the teacher's table only
     from qponder_plugin.training.cli import read_sets
 
     sets = read_sets(tuple(map(str, args.data)), None, None, tuple(args.split), None)

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import weights_header
+
 from qponder_plugin.filter.engine import FilterRun
 from qponder_plugin.filter.options import FilterOptions, RayOptions
 from qponder_plugin.filter.ray_engine import RayFilterRun
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--gpu-images-per-s", type=float, default=20.0)
     parser.add_argument("--cluster-workers", type=int, default=8)
     args = parser.parse_args()
+    print(weights_header(args.model), flush=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the local engine on one thread, as each Ray actor
     import ray
     import torch

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from provenance import weights_header
 from scipy.stats import pearsonr, spearmanr
 from smoke_model import MODEL_HELP, model_or_smoke, solid_image
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--split", help="the label file's split to score (e.g. val)")
     args = parser.parse_args()
     args.model = model_or_smoke(args.model)
+    print(weights_header(args.model), flush=True)
     images, truth, name = targets(args)
     with load_scorer(args.model, batch_size=8) as scorer:
         for think in (True, False):
