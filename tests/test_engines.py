@@ -3,7 +3,9 @@ with the bundled nano model, offline and behind its OpenAI-compatible server.
 
 Both must match the transformers backend: the same greedy texts, and scores within ``TOLERANCE`` (with exact digit
 log-probabilities the measured difference is 0 at 4 decimals). The faults are the engine's own: a request it
-refuses, and a server killed with -9 mid-run.
+refuses, and a server killed with -9 mid-run. The tiny Qwen3-VL and Qwen3.5 models (conftest's ``qwen3_model``) are
+compared the same way on 4 images, and the server's rendering of the openai backend's requests is checked against
+``chat_text`` token for token; Qwen3.5 does not run in float32 on vLLM's CPU build (those tests skip, saying why).
 """
 
 import json
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +176,106 @@ def test_offline_engine_lora_sampling_and_a_refused_request(vllm_python, images,
     assert "VLLMValidationError" in refused and "maximum context length" in refused, refused
     assert "Error" not in first + last
     assert len(out["samples"]) == 3
+
+
+# The 2026 families: conftest's tiny Qwen3-VL (Thinking template) and Qwen3.5 models, offline and behind the server.
+QWEN3_DRIVER = textwrap.dedent("""
+    import json, sys
+    from qponder_plugin.scorer import Scorer
+
+    if __name__ == "__main__":
+        model, engine, images = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+        with Scorer(model, backend="vllm", **engine) as scorer:
+            for think in (True, False):
+                print("\\n".join(json.dumps(r.to_dict()) for r in scorer.assess_batch(images, think=think)))
+""")
+GDN_BF16_ONLY = "CPU GDN attention requires BF16."
+
+
+def skip_unless_runs(family: str, vllm_python: Path) -> None:
+    """Skip Qwen3.5 where the engine's CPU Gated DeltaNet kernel (its linear-attention layers) asserts bfloat16."""
+    if family != "qwen3.5":
+        return
+    found = subprocess.run([str(vllm_python), "-c", "import importlib.util as u; "
+                            "print(u.find_spec('vllm').submodule_search_locations[0])"], capture_output=True, text=True)
+    kernel = Path(found.stdout.strip(), "model_executor/layers/mamba/ops/cpu/gdn_attention.py")
+    if kernel.is_file() and GDN_BF16_ONLY in kernel.read_text():
+        pytest.skip(f"vLLM's CPU build runs Qwen3.5's Gated DeltaNet layers in bfloat16 only ({kernel} asserts "
+                    f"{GDN_BF16_ONLY!r} at the first forward pass in float32), and in bfloat16 its scores are up to "
+                    f"0.008 off the float32 reference, beyond {TOLERANCE}")
+
+
+@pytest.fixture(scope="module")
+def qwen3_images(images):
+    """4 of the images: a sample photo, a flat synthetic JPEG, a blurred PNG and a blurred JPEG."""
+    return images[:20:5]
+
+
+@pytest.fixture(scope="module")
+def qwen3_reference(qwen3_model, qwen3_images):
+    """The family's name, its tiny model's folder, and the transformers backend's rows, by (source, mode)."""
+    family, folder = qwen3_model
+    with Scorer(str(folder)) as scorer:
+        rows = {(r.source, r.mode): r.to_dict() for think in (True, False)
+                for r in scorer.assess_batch(qwen3_images, think=think)}
+    return family, str(folder), rows
+
+
+@pytest.fixture(scope="module")
+def qwen3_server(qwen3_reference, vllm_python, tmp_path_factory):
+    """vLLM's server on the family's tiny model (float32: Qwen3.5 loads and renders prompts, though it cannot run)."""
+    _, folder, _ = qwen3_reference
+    with vllm_server(folder, log=tmp_path_factory.mktemp("server") / "server.log") as (base_url, _):
+        yield base_url
+
+
+def test_qwen3_offline_engine_matches_transformers(vllm_python, qwen3_images, qwen3_reference):
+    family, folder, reference = qwen3_reference
+    skip_unless_runs(family, vllm_python)
+    done = subprocess.run([str(vllm_python), "-c", QWEN3_DRIVER, folder, json.dumps(CPU_ENGINE), *qwen3_images],
+                          capture_output=True, text=True, env=engine_env(), timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    for mode in ("think", "no-think"):
+        assert compare([r for r in rows if r["mode"] == mode], reference) <= TOLERANCE
+
+
+def test_qwen3_server_renders_the_prompts_of_chat_text(qwen3_server, qwen3_reference, qwen3_images):
+    """The openai backend's requests, as vLLM's server renders them (``/tokenize``, no generation), are the other
+    backends' prompts token for token, with and without reasoning (Qwen3.5's template switched by
+    ``enable_thinking``, Qwen3-VL's open ``<think>`` closed empty before the answer prefix)."""
+    from qponder_plugin.backend import Request
+    from qponder_plugin.default_plugins.profiles import QPONDER
+    from qponder_plugin.default_plugins.transformers_backend import chat_text, load_processor
+    from qponder_plugin.images import load_image
+
+    _, folder, _ = qwen3_reference
+    processor = load_processor(folder)
+    image = load_image(qwen3_images[0])
+    sent = []
+
+    async def record(**request):
+        sent.append(request)
+        raise RuntimeError("recorded, not sent")
+
+    with Scorer(folder, backend="openai", base_url=qwen3_server) as scorer:
+        scorer.backend.client.chat.completions.create = record
+        for think in (True, False):
+            request = Request(image, QPONDER.prompt(think), prefix="" if think else QPONDER.answer_prefix)
+            scorer.backend.generate([request], max_new_tokens=1)
+            extra = {k: v for k, v in sent[-1]["extra_body"].items() if k != "logprob_token_ids"}
+            body = json.dumps({"model": folder, "messages": sent[-1]["messages"], **extra}).encode()
+            tokenize = urllib.request.Request(qwen3_server.removesuffix("/v1") + "/tokenize", body,
+                                              {"Content-Type": "application/json"})
+            rendered = json.loads(urllib.request.urlopen(tokenize, timeout=60).read())
+            expected = processor(text=[chat_text(processor, request)], images=[image])["input_ids"][0]
+            assert rendered["tokens"] == list(expected), processor.tokenizer.decode(rendered["tokens"][-12:])
+
+
+def test_qwen3_server_matches_transformers(vllm_python, qwen3_server, qwen3_reference, qwen3_images):
+    family, folder, reference = qwen3_reference
+    skip_unless_runs(family, vllm_python)
+    with Scorer(folder, backend="openai", base_url=qwen3_server) as scorer:
+        for think in (True, False):
+            rows = [r.to_dict() for r in scorer.assess_batch(qwen3_images, think=think)]
+            assert compare(rows, reference) <= TOLERANCE

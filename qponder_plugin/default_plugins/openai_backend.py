@@ -9,8 +9,10 @@ hosted API), through the official async ``openai`` client.
 - The score's log-probabilities come from ``logprobs``/``top_logprobs``. On a vLLM server (its ``/models`` says
   ``owned_by: vllm``, or ``server_extras=True``), three more things are used. ``logprob_token_ids`` asks for exactly
   the digit tokens (the top 20 can miss one). ``continue_final_message`` continues the no-think answer prefix, and
-  ``chat_template_kwargs`` switches a Qwen3.5 template's reasoning off for it (on otherwise). A server that returns no
-  log-probabilities leaves the score to the parsed text (``method="text"``).
+  ``chat_template_kwargs`` switches a Qwen3.5 template's reasoning off for it (on otherwise). A template that opens
+  ``<think>`` regardless (Qwen3-VL Thinking) gets it closed empty before the prefix, as ``chat_text`` does, so the
+  server sees the other backends' prompt. A server that returns no log-probabilities leaves the score to the parsed
+  text (``method="text"``).
 - The key comes from ``$OPENAI_API_KEY`` (or the variable named by ``api_key_env``) and is never logged. The base
   URL comes from ``base_url``, else ``$OPENAI_BASE_URL``.
 """
@@ -34,6 +36,7 @@ from ..backend import Backend, BackendError, Completion, Request
 log = logging.getLogger(__name__)
 
 NO_PREFIX_ALLOWANCE = 16  # extra tokens when the server cannot continue the answer prefix and writes it itself
+CLOSED_THINK = "<think>\n\n</think>\n\n"  # an empty reasoning block, as Qwen3 templates write it
 
 
 def data_url(image) -> str:
@@ -43,11 +46,15 @@ def data_url(image) -> str:
 
 
 def folder_pixel_budget(model: str) -> int | None:
-    """The pixel budget in a local checkpoint's ``preprocessor_config.json`` (Qwen2-VL style), if there is one."""
-    config = Path(model, "preprocessor_config.json")
-    if not config.is_file():
+    """The pixel budget of a local checkpoint's Qwen2-VL-style image processor, if there is one: in its
+    ``preprocessor_config.json``, or in ``processor_config.json`` (where transformers 5 saves it)."""
+    folder = Path(model)
+    if (folder / "preprocessor_config.json").is_file():
+        settings = json.loads((folder / "preprocessor_config.json").read_text())
+    elif (folder / "processor_config.json").is_file():
+        settings = json.loads((folder / "processor_config.json").read_text()).get("image_processor") or {}
+    else:
         return None
-    settings = json.loads(config.read_text())
     budget = settings.get("max_pixels") or (settings.get("size") or {}).get("longest_edge")
     return int(budget) if budget and "merge_size" in settings else None
 
@@ -78,6 +85,7 @@ class OpenAIBackend(Backend):
             owners = {getattr(m, "owned_by", None) for m in served or ()}
             self.server_extras = server_extras if server_extras is not None else "vllm" in owners
             self.digit_ids = self._run(self._digit_ids()) if self.server_extras else []
+            self.think_closer = CLOSED_THINK if self.server_extras and self._run(self._opens_think()) else ""
         except BaseException:
             self.close()
             raise
@@ -99,13 +107,16 @@ class OpenAIBackend(Backend):
                 raise BackendError(f"{self.base_url} refused the API key ({exc.status_code})") from exc
             return None
 
+    def _url(self, path: str) -> str:
+        """A vLLM endpoint served beside ``/v1`` (``/tokenize``, ``/detokenize``)."""
+        return str(self.client.base_url).rstrip("/").removesuffix("/v1") + path
+
     async def _digit_ids(self) -> list[int]:
-        """Ids of the tokens "0"–"9" from vLLM's ``/tokenize`` (served beside ``/v1``)."""
-        url = str(self.client.base_url).rstrip("/").removesuffix("/v1") + "/tokenize"
+        """Ids of the tokens "0"–"9" from vLLM's ``/tokenize``."""
         ids = []
         for digit in "0123456789":
             try:
-                answer = await self.client.post(url, cast_to=object, body={
+                answer = await self.client.post(self._url("/tokenize"), cast_to=object, body={
                     "model": self.model, "prompt": digit, "add_special_tokens": False})
                 tokens = answer["tokens"]
             except (openai.OpenAIError, KeyError, TypeError) as exc:
@@ -114,6 +125,19 @@ class OpenAIBackend(Backend):
             if len(tokens) == 1:
                 ids.extend(tokens)
         return ids
+
+    async def _opens_think(self) -> bool:
+        """Whether the served template opens ``<think>`` even with reasoning off (vLLM's ``/tokenize`` renders it)."""
+        try:
+            rendered = await self.client.post(self._url("/tokenize"), cast_to=object, body={
+                "model": self.model, "messages": [{"role": "user", "content": "Rate it."}],
+                "add_generation_prompt": True, "chat_template_kwargs": {"enable_thinking": False}})
+            text = await self.client.post(self._url("/detokenize"), cast_to=object, body={
+                "model": self.model, "tokens": rendered["tokens"]})
+            return text["prompt"].rstrip().endswith("<think>")
+        except (openai.OpenAIError, KeyError, TypeError) as exc:
+            log.warning("cannot render the chat template (%s): a no-think prompt is sent as it is", exc)
+            return False
 
     def generate(self, requests: Sequence[Request], *, max_new_tokens: int, n: int = 1,
                  temperature: float = 1.0) -> list[list[Completion] | BaseException]:
@@ -138,7 +162,7 @@ class OpenAIBackend(Backend):
         extra: dict = {}
         continues = bool(request.prefix) and self.server_extras
         if continues:
-            messages.append({"role": "assistant", "content": request.prefix})
+            messages.append({"role": "assistant", "content": self.think_closer + request.prefix})
             extra.update(add_generation_prompt=False, continue_final_message=True)
         if self.server_extras:  # reasoning on or off as in the other backends' chat_text (Qwen3.5 templates)
             extra["chat_template_kwargs"] = {"enable_thinking": not request.prefix}
