@@ -17,7 +17,7 @@ _lock = threading.Lock()
 
 
 def _scorer(settings: tuple) -> Scorer:
-    """The warm scorer for ``settings``, compared by equality (a :class:`ModelSpec` holds a profile, which is not
+    """The warm scorer for ``settings``, compared by equality (a :class:`Profile` is an option and is not
     hashable); loading another model closes the previous one."""
     with _lock:
         if _warm and _warm[0][0] == settings:
@@ -32,8 +32,10 @@ def _scorer(settings: tuple) -> Scorer:
 
 def _split(model, backend, options: dict) -> tuple[Scorer, dict]:
     call = {k: options.pop(k) for k in _CALL_OPTIONS if k in options}
-    spec = ModelSpec.resolve(model, profile=options.pop("profile", None))
-    return _scorer((spec, backend, tuple(sorted(options.items())))), call
+    if model is None:  # only the default needs resolving here; Scorer resolves the rest once, on loading
+        model = ModelSpec.resolve().checkpoint
+    key = model if isinstance(model, ModelSpec) else str(model)
+    return _scorer((key, backend, tuple(sorted(options.items())))), call
 
 
 def assess(image: ImageSource, *, model: str | None = None, backend: str | None = None, think: bool = True,
