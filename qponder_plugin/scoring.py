@@ -11,6 +11,10 @@ and two images the greedy text ties at ``4`` are still ranked by the model's con
 This needs one token per digit, which holds for Qwen-family tokenizers (digits are split individually) and for
 our own. When the digits are not tokens of their own, or a backend gives no log-probabilities, the caller falls
 back to the parsed text score.
+
+A Q-Align level answer (``The quality of the image is good``) is read the same way, as Q-Align itself reads it:
+the expected level over the five level words' probabilities at the word (bad=1 … excellent=5). Backends record
+the log-probabilities of every :data:`READOUT_WORDS` token at each step.
 """
 
 from __future__ import annotations
@@ -21,22 +25,47 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .backend import Completion, TokenStep
+from .parsing import LEVELS
 from .profile import Profile
+
+LEVEL_VALUES = {word: float(index + 1) for index, word in enumerate(LEVELS)}
+READOUT_WORDS = (*string.digits, *LEVELS)  # the tokens whose log-probabilities backends record at each step
+
+
+def distribution(logprobs: Mapping[str, float], values: Mapping[str, float]) -> dict[float, float] | None:
+    """Probabilities at one step of the tokens that ``values`` names (spaces aside), by the value each stands for,
+    renormalised over them (None if none is present)."""
+    mass: dict[float, float] = {}
+    for token, logprob in logprobs.items():
+        value = values.get(token.strip())
+        if value is not None:
+            mass[value] = mass.get(value, 0.0) + math.exp(logprob)
+    total = sum(mass.values())
+    return {v: p / total for v, p in mass.items()} if total > 0 else None
 
 
 def digit_distribution(logprobs: Mapping[str, float], digits: Sequence[int]) -> dict[int, float] | None:
     """Probabilities of ``digits`` at one step, renormalised over those digits (None if none is present)."""
-    mass: dict[int, float] = {}
-    for token, logprob in logprobs.items():
-        stripped = token.strip()
-        if len(stripped) == 1 and stripped in string.digits and int(stripped) in digits:
-            mass[int(stripped)] = mass.get(int(stripped), 0.0) + math.exp(logprob)
-    total = sum(mass.values())
-    return {d: p / total for d, p in mass.items()} if total > 0 else None
+    return distribution(logprobs, {str(d): d for d in digits})
+
+
+def expected_level(steps: Sequence[TokenStep], text: str, start: int) -> float | None:
+    """Expected level (1–5) for the level word at ``text[start:]``, or None if the probabilities cannot be read."""
+    step = _step_at(steps, start)
+    word = step.text.strip() if step is not None else None
+    if word not in LEVEL_VALUES or not text.startswith(word, start):
+        return None
+    levels = distribution(step.logprobs, LEVEL_VALUES)
+    if levels is None or len(levels) < len(LEVEL_VALUES):  # a level word that is no single token: read the text
+        return None
+    return sum(v * p for v, p in levels.items())
 
 
 def expected_score(steps: Sequence[TokenStep], text: str, start: int, low: float, high: float) -> float | None:
-    """Expected score for the number at ``text[start:]``, or None if the probabilities cannot be read."""
+    """Expected score for the number (or level word) at ``text[start:]``, or None if the probabilities cannot be
+    read."""
+    if text[start:start + 1].isalpha():
+        return expected_level(steps, text, start)
     if high >= 10 or low < 0:
         return None  # multi-digit scales are not read digit by digit
     first = _step_at(steps, start)

@@ -70,6 +70,19 @@ def hub_subfolder(model: str) -> tuple[str, dict]:
     return model, {}
 
 
+def checkpoint_folder(model: str, revision: str | None = None) -> str:
+    """``model`` as an engine that takes only a folder or a repository id can load it: an ``owner/name/subfolder``
+    checkpoint is fetched (that subfolder only; from the local hub cache when ``HF_HUB_OFFLINE`` is set) and its
+    local folder returned; anything else is returned as it is."""
+    repo, where = hub_subfolder(model)
+    if not where:
+        return model
+    from huggingface_hub import snapshot_download
+
+    local = snapshot_download(repo, revision=revision, allow_patterns=[f"{where['subfolder']}/*"])
+    return os.path.join(local, where["subfolder"])
+
+
 def _hub_file(model_id: str, name: str, revision: str | None) -> Path | None:
     """A file of a hub checkpoint from the local hub cache, without reaching the hub."""
     try:

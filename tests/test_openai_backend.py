@@ -18,6 +18,7 @@ from PIL import Image
 pytest.importorskip("openai", reason="needs the openai extra")
 
 from qponder_plugin.backend import BackendError  # noqa: E402
+from qponder_plugin.parsing import LEVELS  # noqa: E402
 from qponder_plugin.scorer import Scorer  # noqa: E402
 
 MODEL = "served-model"
@@ -62,6 +63,14 @@ class Server(ThreadingHTTPServer):
         self.server_close()
 
 
+def readout_tokens(text: str) -> list[int]:
+    """The fake tokenizer: digits are 100-109, level words 200-204 (300-304 after a space), a space 32."""
+    word = text.strip()
+    if word.isdigit():
+        return [32] * (text != word) + [100 + int(word)]
+    return [(300 if text != word else 200) + LEVELS.index(word)]
+
+
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -80,8 +89,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/tokenize":
-            self._send(200, json.dumps({"tokens": [100 + int(body["prompt"])]}).encode())
+        if self.path == "/tokenize":  # a digit, or a chat rendered by a template that opens no <think>
+            chat = [ord(c) for c in "<|im_start|>assistant\n"]
+            tokens = readout_tokens(body["prompt"]) if "prompt" in body else chat
+            self._send(200, json.dumps({"tokens": tokens}).encode())
+            return
+        if self.path == "/detokenize":
+            self._send(200, json.dumps({"prompt": "".join(chr(t) for t in body["tokens"])}).encode())
             return
         with self.server.lock:
             self.server.calls += 1
@@ -168,13 +182,15 @@ def test_generic_server_writes_the_answer_prefix_itself(serve):
     assert result.score == 4.0
 
 
-def test_vllm_server_gets_exact_digit_ids_and_continues_the_prefix(serve):
+def test_vllm_server_gets_exact_readout_ids_and_continues_the_prefix(serve):
+    """The single-token digits and level words (" 3" is two tokens here, so only "3" counts)."""
     server = serve(owned_by="vllm")
+    readout = [*range(100, 110), *range(200, 205), *range(300, 305)]
     with scorer(server) as s:
-        assert s.backend.digit_ids == list(range(100, 110))
+        assert s.backend.readout_ids == readout
         s.assess_batch(images(1), think=False)
     body = server.bodies[0]
-    assert body["logprob_token_ids"] == list(range(100, 110))
+    assert body["logprob_token_ids"] == readout
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     assert body["messages"][-1] == {"role": "assistant", "content": "<answer>"} and body["max_tokens"] == 3
     assert body["chat_template_kwargs"] == {"enable_thinking": False}  # a Qwen3.5 template writes no reasoning

@@ -4,12 +4,12 @@ import math
 
 import pytest
 
-from qponder_plugin.backend import TokenStep
+from qponder_plugin.backend import Completion, TokenStep
 from qponder_plugin.default_plugins.profiles import QPONDER
 from qponder_plugin.parsing import parse_answer
 from qponder_plugin.profile import Profile
 from qponder_plugin.registry import get_profile, get_profiles, profile_for_model
-from qponder_plugin.scoring import digit_distribution, expected_score
+from qponder_plugin.scoring import digit_distribution, expected_score, read_completion
 
 
 @pytest.mark.parametrize("text, value, reasoning", [
@@ -92,6 +92,23 @@ def test_expected_score_integer_answer_clamp_and_fallbacks():
     merged = steps_for(["<answer>", "3.7", "</answer>"], [{}, {"3.7": 0.0}, {}])
     assert expected_score(merged, "<answer>3.7</answer>", 8, 1, 5) is None  # digits not single tokens
     assert expected_score(steps, high, 8, 0, 10) is None  # multi-digit scale
+
+
+def test_a_level_answer_is_read_as_the_expected_level_of_the_five_words():
+    """Q-ReAlign's no-think answer continues its prefix with a level word; its probabilities over the five level
+    words give the score, as Q-Align reads it (bad=1 ... excellent=5)."""
+    q_realign = get_profile("q-realign")
+    prefix = q_realign.answer_prefix
+    at_word = {" bad": math.log(0.05), " poor": math.log(0.05), " fair": math.log(0.2), " good": math.log(0.5),
+               " excellent": math.log(0.1), "3": math.log(0.1)}  # a digit is no level
+    completion = Completion(" good.", steps_for([" good", "."], [at_word, {}]), "stop")
+    reading = read_completion(q_realign, completion, prefix)
+    expected = (1 * 0.05 + 2 * 0.05 + 3 * 0.2 + 4 * 0.5 + 5 * 0.1) / 0.9
+    assert (reading.method, reading.text_score) == ("probability", 4.0)
+    assert reading.score == pytest.approx(expected, abs=1e-4)
+    four_words = {k: v for k, v in at_word.items() if k != " excellent"}  # "excellent" is no single token
+    completion = Completion(" good.", steps_for([" good", "."], [four_words, {}]), "stop")
+    assert read_completion(q_realign, completion, prefix).method == "text"
 
 
 def test_digit_distribution_merges_spaced_tokens_and_renormalises():

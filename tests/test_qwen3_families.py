@@ -12,10 +12,10 @@ from qponder_plugin import assess, load_scorer
 from qponder_plugin.backend import Request
 from qponder_plugin.cli import build
 from qponder_plugin.default_plugins.profiles import QPONDER
-from qponder_plugin.default_plugins.transformers_backend import chat_text, digit_token_ids
+from qponder_plugin.default_plugins.transformers_backend import chat_text, readout_token_ids
 from qponder_plugin.registry import get_profile, profile_for_model
 from qponder_plugin.scoring import read_completion
-from qponder_plugin.spec import ModelSpec, hub_subfolder
+from qponder_plugin.spec import ModelSpec, checkpoint_folder, hub_subfolder
 
 ALIASES = {"mr-iqa": ("RobinY99/MR-IQA", "mr-iqa"), "iqa-t1": ("zibuyu-02/IQA-T1", "iqa-t1"),
            "mr-iqa-2": ("RobinY99/MR-IQA-2/actor", "mr-iqa-2"),
@@ -48,6 +48,26 @@ def test_a_hub_subfolder_is_split_off_only_for_hub_ids(tmp_path):
     assert hub_subfolder("RobinY99/MR-IQA") == ("RobinY99/MR-IQA", {})
     (tmp_path / "a" / "b").mkdir(parents=True)
     assert hub_subfolder(str(tmp_path / "a" / "b")) == (str(tmp_path / "a" / "b"), {})
+
+
+def test_an_engine_gets_a_hub_subfolder_as_its_local_folder(tmp_path, monkeypatch):
+    """vLLM loads a folder or a repository id, not ``owner/name/subfolder``: the subfolder is found in the hub
+    cache (offline here; online, only that subfolder is fetched) and handed over as a folder."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--RobinY99--MR-IQA-2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    actor = repo / "snapshots" / commit / "actor"
+    actor.mkdir(parents=True)
+    (actor / "config.json").write_text('{"model_type": "qwen3_5"}')
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert checkpoint_folder("RobinY99/MR-IQA-2/actor") == str(actor)
+    assert checkpoint_folder("RobinY99/MR-IQA") == "RobinY99/MR-IQA"
+    assert ModelSpec.resolve("RobinY99/MR-IQA-2/actor").family == "qwen3.5"
+    with pytest.raises(OSError):  # not in the cache, and no hub to ask
+        checkpoint_folder("RobinY99/MR-IQA-3/actor")
 
 
 # Each checkpoint's answer, quoted from its own repository or card (source above each).
@@ -119,7 +139,7 @@ def test_templates_open_reasoning_and_no_think_closes_it(qwen3_scorer):
 
 @pytest.mark.model
 def test_digits_are_single_tokens_of_a_qwen3_tokenizer(qwen3_scorer):
-    groups = digit_token_ids(qwen3_scorer.backend.tokenizer)
+    groups = readout_token_ids(qwen3_scorer.backend.tokenizer, list("0123456789"))
     assert sorted(groups) == list("0123456789") and all(len(ids) == 1 for ids in groups.values())
 
 

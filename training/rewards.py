@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections import Counter, defaultdict
 
 from qponder_plugin.default_plugins.profiles import QPONDER
@@ -95,11 +96,11 @@ class ConsistencyReward:
         self.trainer = self.processor = self.tokenizer = self.groups = None
 
     def bind(self, trainer) -> None:
-        from qponder_plugin.default_plugins.transformers_backend import digit_token_ids
+        from qponder_plugin.default_plugins.transformers_backend import readout_token_ids
 
         self.trainer, self.processor = trainer, trainer.processing_class
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.groups = digit_token_ids(self.tokenizer)
+        self.groups = readout_token_ids(self.tokenizer, string.digits)
 
     def reasoning_scores(self, reasonings: list[str]) -> list[float]:
         """The policy's expected first-digit score for each reasoning text, read in one text-only forward pass."""
@@ -108,7 +109,7 @@ class ConsistencyReward:
         if not reasonings:
             return []
         from qponder_plugin.backend import Request
-        from qponder_plugin.default_plugins.transformers_backend import chat_text, digit_logprobs
+        from qponder_plugin.default_plugins.transformers_backend import chat_text, readout_logprobs
 
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         prompts = [chat_text(self.processor, Request(None, CONSISTENCY_PROMPT.format(reasoning=r),
@@ -123,7 +124,7 @@ class ConsistencyReward:
         low, high = self.profile.score_range
         digits = sorted(self.groups)
         scores = []
-        for row in digit_logprobs(logits, self.groups).tolist():
+        for row in readout_logprobs(logits, self.groups).tolist():
             dist = digit_distribution(dict(zip(digits, row)), range(math.floor(low), math.floor(high) + 1))
             scores.append(self.profile.to_scale(sum(d * p for d, p in dist.items()))[0] if dist else float("nan"))
         return scores

@@ -8,11 +8,11 @@ hosted API), through the official async ``openai`` client.
   becomes a ``backend_error`` row. The rest of the batch goes on.
 - The score's log-probabilities come from ``logprobs``/``top_logprobs``. On a vLLM server (its ``/models`` says
   ``owned_by: vllm``, or ``server_extras=True``), three more things are used. ``logprob_token_ids`` asks for exactly
-  the digit tokens (the top 20 can miss one). ``continue_final_message`` continues the no-think answer prefix, and
-  ``chat_template_kwargs`` switches a Qwen3.5 template's reasoning off for it (on otherwise). A template that opens
-  ``<think>`` regardless (Qwen3-VL Thinking) gets it closed empty before the prefix, as ``chat_text`` does, so the
-  server sees the other backends' prompt. A server that returns no log-probabilities leaves the score to the parsed
-  text (``method="text"``).
+  the digit tokens and level words (the top 20 can miss one). ``continue_final_message`` continues the no-think
+  answer prefix, and ``chat_template_kwargs`` switches a Qwen3.5 template's reasoning off for it (on otherwise). A
+  template that opens ``<think>`` regardless (Qwen3-VL Thinking) gets it closed empty before the prefix, as
+  ``chat_text`` does, so the server sees the other backends' prompt. A server that returns no log-probabilities
+  leaves the score to the parsed text (``method="text"``).
 - The key comes from ``$OPENAI_API_KEY`` (or the variable named by ``api_key_env``) and is never logged. The base
   URL comes from ``base_url``, else ``$OPENAI_BASE_URL``.
 """
@@ -32,6 +32,7 @@ from pathlib import Path
 import openai
 
 from ..backend import Backend, BackendError, Completion, Request
+from ..scoring import READOUT_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class OpenAIBackend(Backend):
                                    f"{', '.join(m.id for m in served)} (pass one as --model)")
             owners = {getattr(m, "owned_by", None) for m in served or ()}
             self.server_extras = server_extras if server_extras is not None else "vllm" in owners
-            self.digit_ids = self._run(self._digit_ids()) if self.server_extras else []
+            self.readout_ids = self._run(self._readout_ids()) if self.server_extras else []
             self.think_closer = CLOSED_THINK if self.server_extras and self._run(self._opens_think()) else ""
         except BaseException:
             self.close()
@@ -111,20 +112,20 @@ class OpenAIBackend(Backend):
         """A vLLM endpoint served beside ``/v1`` (``/tokenize``, ``/detokenize``)."""
         return str(self.client.base_url).rstrip("/").removesuffix("/v1") + path
 
-    async def _digit_ids(self) -> list[int]:
-        """Ids of the tokens "0"–"9" from vLLM's ``/tokenize``."""
-        ids = []
-        for digit in "0123456789":
-            try:
-                answer = await self.client.post(self._url("/tokenize"), cast_to=object, body={
-                    "model": self.model, "prompt": digit, "add_special_tokens": False})
-                tokens = answer["tokens"]
-            except (openai.OpenAIError, KeyError, TypeError) as exc:
-                log.warning("no exact digit log-probabilities (/tokenize failed: %s); using the top 20", exc)
-                return []
-            if len(tokens) == 1:
-                ids.extend(tokens)
-        return ids
+    async def _readout_ids(self) -> list[int]:
+        """Ids of the single-token readout words (digits, level words; bare and after a space), from vLLM's
+        ``/tokenize``."""
+        async def tokenize(text: str) -> list[int]:
+            answer = await self.client.post(self._url("/tokenize"), cast_to=object, body={
+                "model": self.model, "prompt": text, "add_special_tokens": False})
+            return answer["tokens"]
+
+        try:
+            found = await asyncio.gather(*(tokenize(space + word) for word in READOUT_WORDS for space in ("", " ")))
+        except (openai.OpenAIError, KeyError, TypeError) as exc:
+            log.warning("no exact digit log-probabilities (/tokenize failed: %s); using the top 20", exc)
+            return []
+        return sorted({tokens[0] for tokens in found if len(tokens) == 1})
 
     async def _opens_think(self) -> bool:
         """Whether the served template opens ``<think>`` even with reasoning off (vLLM's ``/tokenize`` renders it)."""
@@ -166,8 +167,8 @@ class OpenAIBackend(Backend):
             extra.update(add_generation_prompt=False, continue_final_message=True)
         if self.server_extras:  # reasoning on or off as in the other backends' chat_text (Qwen3.5 templates)
             extra["chat_template_kwargs"] = {"enable_thinking": not request.prefix}
-        if self.digit_ids:
-            extra["logprob_token_ids"] = self.digit_ids
+        if self.readout_ids:
+            extra["logprob_token_ids"] = self.readout_ids
         budget = max_new_tokens + (NO_PREFIX_ALLOWANCE if request.prefix and not continues else 0)
         response = await self.client.chat.completions.create(
             model=self.model, messages=messages, max_tokens=budget, n=n,

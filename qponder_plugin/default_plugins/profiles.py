@@ -111,8 +111,8 @@ MR_IQA_2 = Profile(
 Q_REALIGN = Profile(
     name="q-realign",
     description=("Q-ReAlign (Mini 0.8B, Lite 4B, Pro 9B; Qwen3.5): Q-Align's level answer 'The quality of the image "
-                 "is good.', bad..excellent read as whole 1-5 from the text (the probability readout covers digits, "
-                 "not level words). It does not reason: use no-think."),
+                 "is good.', scored as Q-Align does, by the expected level over the five level words' probabilities "
+                 "(bad=1 .. excellent=5). It does not reason: use no-think."),
     think_prompt=_Q_ALIGN_QUESTION,
     nothink_prompt=_Q_ALIGN_QUESTION,
     answer_prefix="The quality of the image is",

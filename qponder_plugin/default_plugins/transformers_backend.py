@@ -3,15 +3,15 @@
 Loads any hub id (or ``owner/name/subfolder``) or local folder through ``AutoProcessor`` and
 ``AutoModelForImageTextToText`` (safetensors only; ``trust_remote_code`` off unless asked). Prompts come from the
 model's own chat template, with reasoning switched on or off to match the request (``chat_text``). Batches use left
-padding. Greedy decoding by default. Per-step digit log-probabilities are recorded by a logits processor while
-decoding, so memory does not grow with the vocabulary: a 7B model's full logits for 512 steps would not fit.
+padding. Greedy decoding by default. Per-step log-probabilities of the readout words (digits, level words) are
+recorded by a logits processor while decoding, so memory does not grow with the vocabulary: a 7B model's full
+logits for 512 steps would not fit.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import string
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from transformers import (
@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from ..backend import Backend, BackendError, Completion, Request
+from ..scoring import READOUT_WORDS
 from ..spec import hub_subfolder
 
 
@@ -77,20 +78,21 @@ def pixel_budget(image_processor) -> int | None:
     return int(budget) if budget else None
 
 
-def digit_token_ids(tokenizer) -> dict[str, list[int]]:
-    """Token ids of every token that decodes to one ASCII digit (spaces aside), grouped by digit."""
+def readout_token_ids(tokenizer, words: Collection[str] = READOUT_WORDS) -> dict[str, list[int]]:
+    """Token ids of every token that decodes to one of ``words`` (spaces aside), grouped by word: by default the
+    digits and Q-Align's level words that :mod:`qponder_plugin.scoring` reads."""
     groups: dict[str, list[int]] = {}
     for token_id in tokenizer.get_vocab().values():
         text = tokenizer.decode([token_id]).strip()
-        if len(text) == 1 and text in string.digits:  # not "²" or "３": isdigit() holds, int() fails
+        if text in words:  # "3" but not "²" or "３"; "good" and " good"
             groups.setdefault(text, []).append(token_id)
     return groups
 
 
-def digit_logprobs(logits: torch.Tensor, groups: dict[str, list[int]]) -> torch.Tensor:
-    """``[B, V]`` logits -> ``[B, len(groups)]`` log-probabilities of each digit (in sorted digit order)."""
+def readout_logprobs(logits: torch.Tensor, groups: dict[str, list[int]]) -> torch.Tensor:
+    """``[B, V]`` logits -> ``[B, len(groups)]`` log-probabilities of each group's tokens (in sorted group order)."""
     logprobs = logits.float().log_softmax(-1)
-    return torch.stack([logprobs[:, groups[d]].logsumexp(-1) for d in sorted(groups)], -1)
+    return torch.stack([logprobs[:, groups[w]].logsumexp(-1) for w in sorted(groups)], -1)
 
 
 def thinking_switch(processor, think: bool) -> dict:
@@ -127,20 +129,20 @@ def close_open_think(prompt: str) -> str:
     return prompt.rstrip() + "\n\n</think>\n\n" if opens_think(prompt) else prompt
 
 
-class DigitRecorder(LogitsProcessor):
-    """Records, at every decoding step, the log-probability of each digit character ("0"–"9")."""
+class ReadoutRecorder(LogitsProcessor):
+    """Records, at every decoding step, the log-probability of each readout word (the digits, the level words)."""
 
     def __init__(self, tokenizer):
-        self.groups = digit_token_ids(tokenizer)
-        self.digits = sorted(self.groups)
+        self.groups = readout_token_ids(tokenizer)
+        self.words = sorted(self.groups)
         self.steps: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.steps.append(digit_logprobs(scores, self.groups).cpu())
+        self.steps.append(readout_logprobs(scores, self.groups).cpu())
         return scores
 
     def step_logprobs(self, row: int, length: int) -> list[dict[str, float]]:
-        return [dict(zip(self.digits, self.steps[i][row].tolist())) for i in range(length)]
+        return [dict(zip(self.words, self.steps[i][row].tolist())) for i in range(length)]
 
 
 class TransformersBackend(Backend):
@@ -163,7 +165,7 @@ class TransformersBackend(Backend):
         self.max_pixels = pixel_budget(self.processor.image_processor)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
-        self.recorder = DigitRecorder(self.tokenizer)
+        self.recorder = ReadoutRecorder(self.tokenizer)
         config = self.model.generation_config
         self.eos_ids = {config.eos_token_id} if isinstance(config.eos_token_id, int) else set(config.eos_token_id or [])
         self.eos_ids.add(self.tokenizer.eos_token_id)

@@ -3,9 +3,9 @@
 - Prompts are built by the model's own processor and chat template. The no-think answer prefix is appended, so the
   model continues the assistant turn. Images go in as ``multi_modal_data``: the core loader's pixels, already within
   the processor's pixel budget, so every backend sees the same image.
-- The score reads the digit tokens' log-probabilities at the answer. vLLM >= 0.32 returns exactly those tokens
-  (``logprob_token_ids``). Older engines fall back to the top 20 log-probabilities, with a warning: a digit outside
-  the top 20 then shifts the score slightly.
+- The score reads the log-probabilities of the digit tokens (and level words) at the answer. vLLM >= 0.32 returns
+  exactly those tokens (``logprob_token_ids``). Older engines fall back to the top 20 log-probabilities, with a
+  warning: a digit outside the top 20 then shifts the score slightly.
 - Decoding is greedy by default; ``n > 1`` samples. A peft adapter (a ``qponder train`` output) is served with a
   ``LoRARequest``, given as ``lora=DIR`` or as the model folder itself (its base model is then loaded).
 - Requests are queued one by one, so a request that the engine refuses (too long, bad image) becomes that row's
@@ -31,7 +31,8 @@ from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.lora.request import LoRARequest  # noqa: E402
 
 from ..backend import Backend, BackendError, Completion, Request
-from .transformers_backend import chat_text, digit_token_ids, load_processor, pixel_budget
+from ..spec import checkpoint_folder
+from .transformers_backend import chat_text, load_processor, pixel_budget, readout_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ class VLLMBackend(Backend):
                 raise BackendError(f"{lora} is not a peft adapter folder (no adapter_config.json)")
             engine_args.update(enable_lora=True, max_lora_rank=max(8, adapter.get("r", 16)), max_loras=1)
             self.lora = LoRARequest("qponder", 1, str(lora))
+        try:
+            model = checkpoint_folder(model, revision)  # vLLM loads no hub subfolder itself
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot fetch {model!r}: {exc}") from exc
         self.processor = load_processor(model, trust_remote_code=trust_remote_code, revision=revision)
         try:
             self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size,
@@ -70,21 +75,21 @@ class VLLMBackend(Backend):
             raise BackendError(f"cannot load {model!r} with vLLM: {exc}") from exc
         self.max_pixels = pixel_budget(self.processor.image_processor)
         self.tokenizer = self.llm.get_tokenizer()
-        self.digit_of = {i: digit for digit, ids in digit_token_ids(self.tokenizer).items() for i in ids}
-        self.exact_digits = self._accepts_digit_ids()
-        if not self.exact_digits:
+        self.word_of = {i: word for word, ids in readout_token_ids(self.tokenizer).items() for i in ids}
+        self.exact_words = self._accepts_token_ids()
+        if not self.exact_words:
             log.warning("this vLLM has no logprob_token_ids: reading the top %d log-probabilities instead, so a "
                         "digit outside them shifts the score slightly", TOP_LOGPROBS)
 
-    def _accepts_digit_ids(self) -> bool:
+    def _accepts_token_ids(self) -> bool:
         try:
-            SamplingParams(logprob_token_ids=sorted(self.digit_of))
+            SamplingParams(logprob_token_ids=sorted(self.word_of))
         except TypeError:
             return False
         return True
 
     def _sampling(self, max_new_tokens: int, n: int, temperature: float) -> SamplingParams:
-        logprobs = {"logprob_token_ids": sorted(self.digit_of)} if self.exact_digits else {"logprobs": TOP_LOGPROBS}
+        logprobs = {"logprob_token_ids": sorted(self.word_of)} if self.exact_words else {"logprobs": TOP_LOGPROBS}
         return SamplingParams(n=n, temperature=temperature if n > 1 else 0.0, max_tokens=max_new_tokens,
                               skip_special_tokens=True, **logprobs)
 
@@ -110,20 +115,20 @@ class VLLMBackend(Backend):
     def _completion(self, output) -> Completion:
         ids = list(output.token_ids)
         pieces = [self.tokenizer.decode([t], skip_special_tokens=True) for t in ids]
-        steps = [self._digits(step) for step in list(output.logprobs or [{}] * len(ids))]
+        steps = [self._readout(step) for step in list(output.logprobs or [{}] * len(ids))]
         finish = "length" if output.finish_reason == "length" else "stop"
         return Completion.from_pieces(output.text, pieces, steps, finish,
                                       lambda i: self.tokenizer.decode(ids[:i], skip_special_tokens=True))
 
-    def _digits(self, step) -> dict[str, float]:
-        """Log-probability of each digit character at one step (tokens of one digit are summed)."""
-        if not self.exact_digits:
+    def _readout(self, step) -> dict[str, float]:
+        """Log-probability of each readout word (digit, level word) at one step (tokens of one word are summed)."""
+        if not self.exact_words:
             return {lp.decoded_token: lp.logprob for lp in step.values() if lp.decoded_token is not None}
         grouped: dict[str, list[float]] = {}
         for token_id, lp in step.items():
-            if token_id in self.digit_of:
-                grouped.setdefault(self.digit_of[token_id], []).append(lp.logprob)
-        return {digit: float(np.logaddexp.reduce(values)) for digit, values in grouped.items()}
+            if token_id in self.word_of:
+                grouped.setdefault(self.word_of[token_id], []).append(lp.logprob)
+        return {word: float(np.logaddexp.reduce(values)) for word, values in grouped.items()}
 
     def close(self) -> None:
         self.llm = self.processor = None
