@@ -175,10 +175,12 @@ def test_the_loader_offers_the_2026_checkpoints(server):
     assert {"nano", *QWEN3_ALIASES} <= set(choices)
 
 
-@pytest.mark.parametrize(("server", "qwen3_model"), [("current", "qwen3-vl")], indirect=True)
-def test_a_gate_on_a_qwen3_vl_model(server, qwen3_model):
-    """The tiny Qwen3-VL (its template opens <think>; it scores brightness) loaded by folder, gating with reasoning:
-    the dark image is rejected into a PreviewImage, the bright one passes into a SaveImage."""
+@pytest.mark.parametrize(("server", "qwen3_model"), [("current", "qwen3-vl"), ("current", "qwen3.5")],
+                         indirect=True)
+def test_a_gate_on_a_qwen3_model(server, qwen3_model):
+    """The tiny Qwen3-VL (its template opens <think>) or Qwen3.5 (its template takes ``enable_thinking``), each
+    trained to score brightness, loaded by folder, gating with reasoning: the dark image is rejected into a
+    PreviewImage, the bright one passes into a SaveImage."""
     for name, brightness in (("qwen3-dark.png", 0.1), ("qwen3-bright.png", 0.9)):
         solid_image(brightness, 64, seed=1).save(server.input / name)
     graph = {
@@ -189,7 +191,7 @@ def test_a_gate_on_a_qwen3_vl_model(server, qwen3_model):
               "backend": "transformers", "device": "cpu", "think": True, "keep_loaded": False}},
         "5": {"class_type": "QPonderGate", "inputs": {"images": ["3", 0], "threshold": 3.0, "strategy": "think",
               "without_blocker": "error", "model": ["4", 0]}},
-        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "qwen3/passed"}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": f"{qwen3_model[0]}/passed"}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
     }
     entry = server.run(graph)
@@ -198,7 +200,7 @@ def test_a_gate_on_a_qwen3_vl_model(server, qwen3_model):
     assert dark.startswith("#1 ") and " rejected — Exposure:" in dark, dark
     assert bright.startswith("#2 ") and " passed — Exposure:" in bright, bright
     assert float(dark.split()[1]) < 3.0 <= float(bright.split()[1])
-    assert len(server.saved("qwen3/passed")) == 1 and len(entry["outputs"]["7"]["images"]) == 1
+    assert len(server.saved(f"{qwen3_model[0]}/passed")) == 1 and len(entry["outputs"]["7"]["images"]) == 1
 
 
 def test_gate_before_save_saves_each_side_with_its_score(server):

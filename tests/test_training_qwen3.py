@@ -126,3 +126,24 @@ def test_train_run(qwen3_model, labels, tmp_path):
     assert all(row["n"] == 4 and row["srcc"] is not None for row in summary["table"]), summary["table"]
     result = assess(solid_image(0.9, 64, seed=7), model=out / "model", max_new_tokens=128)
     assert result.status == "ok" and result.reasoning, result.error
+
+
+@pytest.mark.parametrize("qwen3_model", ["qwen3-vl"], indirect=True)  # Qwen3.5's tower has no DeepStack
+def test_deepstack_mergers_train_at_the_merger_rate(qwen3_model, labels, tmp_path):
+    """``--vision-lr BLOCKS MERGER``: Qwen3-VL's DeepStack mergers (new layers beside the tower's blocks) take the
+    merger's rate, like its main merger; the blocks, patch and position embeddings take the blocks' rate."""
+    from qponder_plugin.training.data import read_mos, to_dataset
+    from qponder_plugin.training.trainers import build_grpo, vision_tower
+
+    records = list(read_mos(labels, split="train", score_range=(1, 5)))
+    trainer, _ = build_grpo(qwen3_model[1], to_dataset(records), tmp_path, vision_learning_rates=(1e-6, 1e-5),
+                            rewards=("format",), args={"learning_rate": 1e-4, "max_steps": 1})
+    trainer.create_optimizer()
+    rate = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    tower = dict(vision_tower(trainer.model).named_parameters())
+    under = {name: p for name, p in tower.items() if p.requires_grad}  # peft's trainable copy of the tower
+    deepstack = [p for name, p in under.items() if ".deepstack_merger_list." in f".{name}"]
+    assert deepstack and all(rate[id(p)] == 1e-5 for p in deepstack)
+    parts = ("blocks", "patch_embed", "pos_embed")
+    blocks = [p for name, p in under.items() if any(f".{part}." in f".{name}" for part in parts)]
+    assert blocks and all(rate[id(p)] == 1e-6 for p in blocks)

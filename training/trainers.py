@@ -54,11 +54,17 @@ def vision_tower(model):
     raise AttributeError(f"{type(model).__name__} has no vision tower")
 
 
+def is_merger(name: str) -> bool:
+    """Whether a tower parameter belongs to a merger: ``merger.…``, or Qwen3-VL's ``deepstack_merger_list.…`` that
+    feed intermediate blocks to the language model."""
+    return any(part in ("merger", "deepstack_merger_list") for part in name.split("."))
+
+
 def tower_parts(tower) -> tuple[list, list]:
-    """The vision tower's parameters outside its merger (patch embedding and blocks), and its merger's. By name, so
+    """The vision tower's parameters outside its mergers (patch embedding and blocks), and its mergers'. By name, so
     the trainable copy inside a peft wrapper counts too."""
     named = list(tower.named_parameters())
-    return [p for n, p in named if "merger." not in n], [p for n, p in named if "merger." in n]
+    return [p for n, p in named if not is_merger(n)], [p for n, p in named if is_merger(n)]
 
 
 def vision_rate_optimizer(trainer, blocks_rate: float, merger_rate: float):
