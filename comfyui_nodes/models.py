@@ -14,21 +14,25 @@ from qponder_plugin import Scorer
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """What the model loader node chose; ``model=None`` is the bundled nano model (or ``$QPONDER_MODEL``)."""
+    """What the model loader node chose; ``model=None`` is the bundled nano model (or ``$QPONDER_MODEL``);
+    ``profile=None`` the model's own (a gate file may name one)."""
 
     model: str | None = None
     backend: str = "transformers"
     device: str = "auto"
     think: bool = True
     keep_loaded: bool = True
+    profile: str | None = None
 
     def scorer_options(self) -> dict:
-        return {"device": self.device} if self.backend == "transformers" and self.device != "auto" else {}
+        options = {"profile": self.profile} if self.profile else {}
+        return {**options, "device": self.device} if self.backend == "transformers" and self.device != "auto" \
+            else options
 
     @property
     def key(self) -> tuple:
         """What makes two settings share a loaded model (think and keep_loaded do not)."""
-        return self.model, self.backend, self.device
+        return self.model, self.backend, self.device, self.profile
 
 
 DEFAULT = ModelSettings()

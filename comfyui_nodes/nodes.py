@@ -20,7 +20,9 @@ from PIL.PngImagePlugin import PngInfo
 
 from qponder_plugin import Assessment, QualityGate, list_models
 from qponder_plugin.gate import STRATEGIES
+from qponder_plugin.gate_file import GateFile, GateFileError, read_gate_file
 from qponder_plugin.registry import get_backends
+from qponder_plugin.spec import ModelSpec
 
 from . import models
 from .host import ComfyHost
@@ -165,14 +167,34 @@ def assess(images, model: ModelSettings | None = None) -> Result:
                   text=[line(i, a) for i, a in enumerate(results)])
 
 
-def gate(images, threshold: float, strategy: str, without_blocker: str, model: ModelSettings | None = None) -> Result:
-    settings = model or models.DEFAULT
+def from_gate_file(path: str, model: ModelSettings | None) -> tuple[ModelSettings, GateFile]:
+    """The model settings and the gate a gate file gives: the connected model when the file was calibrated for it
+    (else an error naming both), or, with none connected, the file's own model and profile."""
+    gate_file = read_gate_file(os.path.expanduser(path))
+    if model is None:
+        return ModelSettings(gate_file.model, profile=gate_file.profile), gate_file
+    spec = ModelSpec.resolve(model.model, profile=model.profile)
+    problem = gate_file.mismatch(spec, spec.profile.name)
+    if problem:
+        raise GateFileError(f"QPonderGate: {gate_file.source}: {problem} (connect no model to use the file's)")
+    return model, gate_file
+
+
+def gate(images, threshold: float, strategy: str, without_blocker: str, model: ModelSettings | None = None,
+         gate_file: str = "") -> Result:
+    settings, margin, notes = model or models.DEFAULT, 0.25, []
+    if gate_file.strip():
+        settings, calibrated = from_gate_file(gate_file.strip(), model)
+        threshold, strategy, margin = calibrated.threshold, calibrated.strategy, calibrated.margin
+        notes.append(f"gate file {gate_file.strip()}: threshold {threshold:g}, strategy {strategy}, model "
+                     f"{calibrated.model} (the threshold and strategy inputs are not used)")
     verdicts = in_batches(settings, frames_of(images), lambda scorer, chunk: (
-        verdict for _, verdict in QualityGate(threshold, scorer=scorer, strategy=strategy).verdicts(chunk)))
+        verdict for _, verdict in QualityGate(threshold, scorer=scorer, strategy=strategy,
+                                              margin=margin).verdicts(chunk)))
     passed = [i for i, v in enumerate(verdicts) if v.passed]
     rejected = [i for i, v in enumerate(verdicts) if not v.passed]
-    text = [line(i, v.assessment, ("passed" if v.passed else "rejected") + (f" ({v.note})" if v.note else ""))
-            for i, v in enumerate(verdicts)]
+    text = notes + [line(i, v.assessment, ("passed" if v.passed else "rejected") + (f" ({v.note})" if v.note else ""))
+                    for i, v in enumerate(verdicts)]
     scores = [score_value(v.assessment) for v in verdicts]
 
     def side(indices: list[int], name: str):
@@ -277,7 +299,10 @@ NODES = (
              "always reason.", default="cascade", choices=STRATEGIES),
           In("without_blocker", "COMBO", "On a ComfyUI without ExecutionBlocker, an empty side raises a clear "
              "error, or interrupts the prompt.", default="error", choices=WITHOUT_BLOCKER),
-          MODEL_INPUT),
+          MODEL_INPUT,
+          In("gate_file", "STRING", "A gate file from `qponder calibrate` (a path; relative to where ComfyUI "
+             "runs): its threshold, strategy and model replace the inputs above; a connected model must be the "
+             "one it was calibrated for.", default="", optional=True)),
          (Out("passed", "IMAGE", "The images that reached the threshold."),
           Out("rejected", "IMAGE", "The images that did not (or could not be scored)."),
           Out("scores", "FLOAT", "Every image's score, in input order.", True),

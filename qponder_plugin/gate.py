@@ -14,12 +14,14 @@ flagged, or raises, as ``on_error`` says. :meth:`QualityGate.readout` runs this 
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .gate_file import read_gate_file
 from .images import ImageSource
 from .readings import Readings, ScorerReadings
 from .result import Assessment, reading_mode
@@ -95,6 +97,21 @@ class QualityGate:
         self.model, self.backend, self.scorer_options = model, backend, scorer_options
         self._scorer, self._owns_scorer = scorer, scorer is None
         self.calls: Counter[str] = Counter()  # images this gate's scorer saw, by mode ("no-think", "think")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides: Any) -> QualityGate:
+        """The gate a gate file describes (``qponder calibrate`` writes them): its threshold, model, profile,
+        strategy and margin, each of which ``overrides`` may replace, except the model and profile: a threshold
+        belongs to the model it was calibrated for, so another ``model`` (or a ``scorer`` of another model) or
+        ``profile`` raises :class:`~qponder_plugin.gate_file.GateFileError`, naming both."""
+        gate_file = read_gate_file(path)
+        scorer = overrides.get("scorer")
+        given = {**overrides, "model": scorer.spec, "profile": scorer.profile.name} if scorer is not None \
+            else overrides
+        options, _ = gate_file.apply(given, given.keys())
+        if scorer is not None:
+            del options["model"], options["profile"]  # the scorer's own (checked above)
+        return cls(options.pop("threshold"), **options)
 
     def __enter__(self) -> QualityGate:
         return self

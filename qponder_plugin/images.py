@@ -5,11 +5,17 @@ numpy array (HWC or CHW; uint8, uint16, bool or float; gray, gray+alpha, RGB or 
 ComfyUI ``[B,H,W,C]`` float batch in 0..1), or anything a plugin's image loader turns into one of those. The result
 is an 8-bit RGB PIL image with EXIF orientation applied, alpha flattened onto white, and at most ``max_pixels``
 pixels (aspect ratio kept).
+
+Camera raw files (:data:`RAW_EXTENSIONS`: CR2, CR3, NEF, ARW, DNG, RAF, ORF, RW2, …, named by a path, a URL or a
+file object's name) are read through rawpy (LibRaw, the ``raw`` extra): the embedded preview when it has at least
+as many pixels as the model gets (``max_pixels``, or the raw's own size if smaller), else the raw data developed by
+LibRaw with the camera's white balance (at half size when that still fills the budget). The log says which (INFO).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import re
@@ -17,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .registry import get_image_loaders
 
@@ -26,6 +32,13 @@ DEFAULT_MAX_PIXELS = 1_003_520
 
 ImageSource = Any  # path | URL | bytes | file object | PIL.Image | np.ndarray | torch.Tensor
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+RAW_EXTENSIONS = frozenset({".3fr", ".ari", ".arw", ".bay", ".cap", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf",
+                            ".fff", ".gpr", ".iiq", ".k25", ".kdc", ".mef", ".mos", ".mrw", ".nef", ".nrw", ".orf",
+                            ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f"})
+# LibRaw's ``sizes.flip`` as the transpose that undoes it (0: none; 3: 180°; 5: 90° counter-clockwise; 6: clockwise).
+_RAW_FLIPS = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
+
+log = logging.getLogger(__name__)
 
 
 class ImageError(ValueError):
@@ -123,11 +136,15 @@ def _load_path(path: str, max_pixels: int | None) -> Image.Image:
         raise ImageError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory, not an image")
+    if is_raw(path):
+        return _load_raw(path, path, max_pixels)
     with open(path, "rb") as handle:
         return _load_file(handle, path, max_pixels)
 
 
 def _load_file(handle, name: str, max_pixels: int | None) -> Image.Image:
+    if is_raw(name):
+        return _load_raw(handle, name, max_pixels)
     try:
         image = Image.open(handle)
     except Image.DecompressionBombError as exc:
@@ -149,6 +166,74 @@ def _load_file(handle, name: str, max_pixels: int | None) -> Image.Image:
         raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{name}: corrupt or truncated image data ({exc})") from exc
+
+
+def is_raw(name: str) -> bool:
+    """Whether ``name`` (a path, URL or file name) has a camera raw file's extension."""
+    return os.path.splitext(name.split("?", 1)[0] if is_url(name) else name)[1].lower() in RAW_EXTENSIONS
+
+
+def _load_raw(source, name: str, max_pixels: int | None) -> Image.Image:
+    """A camera raw file (a path or a binary file object) through LibRaw, as :func:`_raw_image` reads it."""
+    try:
+        import rawpy
+    except ImportError as exc:
+        raise ImageError(f"{name}: reading camera raw files needs rawpy (pip install 'qponder-plugin[raw]')") from exc
+    try:
+        with rawpy.imread(source) as raw:
+            image, how = _raw_image(raw, name, max_pixels)
+    except ImageError:
+        raise
+    except (rawpy.LibRawError, OSError, ValueError) as exc:
+        detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ImageError(f"{name}: corrupt, truncated or unsupported raw file ({type(exc).__name__}: {detail})") \
+            from exc
+    log.info("%s: %s", name, how)
+    return image
+
+
+def _raw_image(raw, name: str, max_pixels: int | None) -> tuple[Image.Image, str]:
+    """The raw's embedded preview when it holds at least the pixels the model gets, else the raw data developed
+    (camera white balance; half size when that still fills ``max_pixels``); and which of the two, in words."""
+    pixels = raw.sizes.width * raw.sizes.height
+    if Image.MAX_IMAGE_PIXELS and pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        raise ImageError(f"{name}: refused as a possible decompression bomb ({pixels} pixels)")
+    raw.unpack()  # the raw data is decoded either way: a truncated file fails even when its preview is whole
+    preview = _raw_preview(raw, min(pixels, max_pixels or pixels), max_pixels)
+    if preview is not None:
+        image, (width, height) = preview
+        return _finish(image, max_pixels), f"embedded preview ({width}x{height})"
+    half = bool(max_pixels) and pixels >= 4 * max_pixels
+    developed = Image.fromarray(raw.postprocess(half_size=half, use_camera_wb=True, output_bps=8))
+    return _finish(developed, max_pixels), (f"developed by LibRaw ({'half' if half else 'full'} size, camera white "
+                                            f"balance; no usable embedded preview that large)")
+
+
+def _raw_preview(raw, budget: int, max_pixels: int | None) -> tuple[Image.Image, tuple[int, int]] | None:
+    """The embedded preview (JPEG or bitmap), upright, and its size, if it has at least ``budget`` pixels and
+    decodes."""
+    import rawpy
+
+    try:
+        thumb = raw.extract_thumb()
+    except rawpy.LibRawError:  # none, or one LibRaw cannot unpack: the raw data is developed instead
+        return None
+    try:
+        if thumb.format == rawpy.ThumbFormat.BITMAP:
+            image = Image.fromarray(thumb.data)
+        else:
+            image = Image.open(io.BytesIO(thumb.data))
+        size = image.size
+        if size[0] * size[1] < budget:
+            return None
+        upright = image.getexif().get(ExifTags.Base.Orientation, 1) == 1  # else _finish turns it by its own EXIF
+        if image.format == "JPEG" and max_pixels:
+            image.draft("RGB", _fit(image.size, max_pixels))
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # a broken preview: develop instead
+        return None
+    flip = _RAW_FLIPS.get(raw.sizes.flip)
+    return (image.transpose(flip) if upright and flip is not None else image), size
 
 
 def _fit(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
@@ -229,7 +314,7 @@ def _tensor_to_numpy(tensor) -> np.ndarray:
 
 def iter_image_files(paths: Iterable[str], recursive: bool = True) -> Iterator[str]:
     """Expand directories into the image files under them (sorted); plain files pass through unchanged."""
-    extensions = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    extensions = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN} | RAW_EXTENSIONS
     for path in paths:
         if os.path.isdir(path):
             walker = os.walk(path) if recursive else [(path, [], os.listdir(path))]

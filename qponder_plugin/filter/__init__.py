@@ -10,9 +10,13 @@ verdicts, and only then places the files.
 - :mod:`.fingerprint`: content hashes, and the key of everything that changes a score.
 - :mod:`.store`: the SQLite store (readings, results, placements, hashes); ``StoredReadings`` reads it.
 - :mod:`.engine`: the local run: hash, read or score, commit, place.
+- :mod:`.groups`: near-duplicate groups (perceptual hash and capture time) and the best K of each.
 - :mod:`.ray_engine`: the same run with the readings made by a Ray Data actor pool.
 - :mod:`.shards`: Ray into parquet shards instead of the store, resumed shard by shard.
 - :mod:`.placement`: copy, link or move into the keep and reject folders, atomically, never overwriting.
-- :mod:`.metadata`: the score as XMP, embedded in a copy or in a sidecar.
+- :mod:`.metadata`: star ratings, reject flags, score and reasoning as XMP: embedded in a copy, or in darktable or
+  Lightroom sidecars, an existing one merged atomically.
 - :mod:`.report`: the self-contained HTML report; :mod:`.manifest`: the store as JSON lines, CSV or parquet.
+- :mod:`.calibrate`: the ``calibrate`` CLI command, scoring through the store; :mod:`.plots`: its figures and the
+  report's kept-count curve.
 """

@@ -3,7 +3,9 @@
 Inputs go in chunks. For each chunk: content hashes (a file hashed before, with the same size and mtime, is not
 read again); the gate's cascade over the store's readings layered on a scorer's (loaded only when something needs
 scoring; an image shared by several inputs is scored once), each new reading committed as it comes; the verdicts
-committed; and only then each file placed. A killed run resumes where it stopped.
+committed; and only then each file placed. A killed run resumes where it stopped. With ``--groups`` every
+chunk is read first (readings and looks committed as they come), then the near-duplicate groups are formed
+(:mod:`.groups`), and only then are all verdicts committed and the files placed.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..gate import QualityGate, Readout, Verdict
-from ..images import ImageSource, read_bytes
+from ..images import ImageError, ImageSource, read_bytes
 from ..readings import Layered, ScorerReadings
 from .fingerprint import config_key
-from .metadata import embed, embeddable, write_sidecar, xmp_fields
+from .groups import METHOD, Look, group_ids, look, not_best
+from .metadata import MetadataWriter, embed
 from .options import FilterOptions
 from .placement import place, resume
 from .sources import Input
@@ -56,6 +59,7 @@ class Outcome:
     digest: str | None
     verdict: Verdict
     placed: str | None = None
+    group: int | None = None  # its near-duplicate group (--groups)
 
 
 @dataclass
@@ -67,6 +71,8 @@ class Summary:
     rejected: int = 0
     failed: int = 0  # inputs without a score (unreadable, or the model failed on them)
     flagged: int = 0  # failed inputs kept anyway (on_error="keep")
+    groups: int = 0  # near-duplicate groups (--groups)
+    culled: int = 0  # inputs that reached the threshold but not the best K of their group (--best-of-group)
     placed: int = 0
     model_calls: int = 0
     calls: dict = field(default_factory=dict)  # images the model saw, by mode
@@ -101,13 +107,35 @@ def result_row(outcome: Outcome, gate: QualityGate, model: str) -> dict:
     return {"path": outcome.input.path, "digest": outcome.digest, "status": assessment.status,
             "score": assessment.score, "passed": verdict.passed, "stage": verdict.stage, "flagged": verdict.flagged,
             "note": verdict.note, "mode": assessment.mode, "threshold": gate.threshold, "strategy": gate.strategy,
-            "model": model, "reasoning": assessment.reasoning, "error": assessment.error}
+            "model": model, "reasoning": assessment.reasoning, "error": assessment.error, "group_id": outcome.group}
 
 
 def judge(gate: QualityGate, hashed: list[Hashed], readout: Readout, model: str) -> list[Outcome]:
     """Each input's verdict from the cascade's ``readout`` (an unreadable input's from its error)."""
     return [Outcome(h.input, h.digest, gate.verdict(readout, h.digest) if h.digest is not None
                     else gate.decide(gate.failure(h.input.path, h.error, model), None)) for h in hashed]
+
+
+def cull(outcomes: list[Outcome], group_of: dict[str, int], best: int | None) -> None:
+    """Give each outcome its group; with ``best``, reject the scored members not among the ``best`` highest
+    scores of their group (an unscored member keeps the verdict ``on_error`` gave it)."""
+    scores = {o.input.path: o.verdict.score for o in outcomes
+              if o.input.path in group_of and o.verdict.stage != "error"}
+    culled = not_best(group_of, scores, best) if best else set()
+    for outcome in outcomes:
+        outcome.group = group_of.get(outcome.input.path)
+        if outcome.input.path in culled:
+            verdict, note = outcome.verdict, f"not among the best {best} of group {outcome.group}"
+            outcome.verdict = Verdict(False, verdict.assessment, verdict.stage, verdict.flagged,
+                                      f"{note}; {verdict.note}" if verdict.note else note)
+
+
+def _look(item: Hashed) -> Look | None:
+    """The input's look, or None when it cannot be decoded (its reading says why)."""
+    try:
+        return look(item.image())
+    except ImageError:
+        return None
 
 
 def _hash(item: Input, known: str | None) -> Hashed:
@@ -130,6 +158,7 @@ class FilterRun:
         self.key, self.model = config_key(config), config["model"]
         self.stored = StoredReadings(store, self.key)
         self.summary = Summary()
+        self.metadata = MetadataWriter(options.write_metadata, options.sidecar) if options.write_metadata else None
         store.add_config(self.key, config)
 
     def settle(self, inputs: list[Input]) -> list[Input]:
@@ -140,14 +169,52 @@ class FilterRun:
 
     def outcomes(self, inputs: list[Input]) -> Iterator[Outcome]:
         """Yield each input's outcome once it is committed and placed; ``summary`` is complete at the end."""
-        for begin in range(0, len(inputs), self.options.chunk_size):
-            hashed = self.hash(inputs[begin:begin + self.options.chunk_size])
-            first = unique_digests(hashed)
-            scorer = ScorerReadings(lambda: self.gate.scorer, {d: h.image() for d, h in first.items()})
-            readings = Layered(self.stored, scorer, keep=self.stored.save)
-            readout = self.gate.readout(list(first), readings)
-            self.summary.count_calls(scorer.calls)
-            yield from self.finish(hashed, readout, readings.made)
+        if self.options.grouped:
+            yield from self.grouped(inputs)
+            return
+        for chunk in self.chunks(inputs):
+            hashed, _, readout, made = self.read(chunk)
+            yield from self.finish(hashed, readout, made)
+
+    def chunks(self, inputs: list[Input]) -> Iterator[list[Input]]:
+        size = self.options.chunk_size
+        return (inputs[begin:begin + size] for begin in range(0, len(inputs), size))
+
+    def read(self, chunk: list[Input]) -> tuple[list[Hashed], dict[str, Hashed], Readout, set[Hashable]]:
+        """Hash ``chunk`` and run the gate's cascade over it (each new reading committed as it comes): the hashed
+        inputs, the first input of each digest, the readout, and the digests read in this run."""
+        hashed = self.hash(chunk)
+        first = unique_digests(hashed)
+        scorer = ScorerReadings(lambda: self.gate.scorer, {d: h.image() for d, h in first.items()})
+        readings = Layered(self.stored, scorer, keep=self.stored.save)
+        readout = self.gate.readout(list(first), readings)
+        self.summary.count_calls(scorer.calls)
+        return hashed, first, readout, readings.made
+
+    def grouped(self, inputs: list[Input]) -> Iterator[Outcome]:
+        """``--groups``: read every chunk (each reading and look committed as it comes), group, then decide,
+        commit and place all inputs."""
+        hashed, readout, fresh, looks = [], Readout(), set(), {}
+        for chunk_inputs in self.chunks(inputs):
+            chunk, first, part, made = self.read(chunk_inputs)
+            readout.fast.update(part.fast)
+            readout.think.update(part.think)
+            fresh |= made
+            looks.update(self.looks(first))
+            hashed += [Hashed(h.input, h.digest, error=h.error) for h in chunk]  # the bytes read are let go
+        group_of = group_ids([(h.input.path, h.digest) for h in hashed], looks, self.options.group_distance,
+                             self.options.group_window)
+        self.summary.groups = len(set(group_of.values()))
+        yield from self.finish(hashed, readout, fresh, group_of)
+
+    def looks(self, first: dict[str, Hashed]) -> dict[str, Look]:
+        """The looks of these images: from the store, else computed (in threads) and committed."""
+        held = {d: Look(*row) for d, row in self.store.looks(first, METHOD).items()}
+        todo = [first[d] for d in first if d not in held]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            made = {h.digest: found for h, found in zip(todo, pool.map(_look, todo)) if found is not None}
+        self.store.save_looks(METHOD, {d: (found.hash, found.taken) for d, found in made.items()})
+        return {**held, **made}
 
     def hash(self, chunk: list[Input]) -> list[Hashed]:
         """Hash ``chunk`` (in threads), remembering new hashes by path, size and mtime."""
@@ -166,9 +233,15 @@ class FilterRun:
                                 if stat is not None and h.digest is not None and cached is None)
         return hashed
 
-    def finish(self, hashed: list[Hashed], readout: Readout, fresh: set[Hashable]) -> Iterator[Outcome]:
-        """Decide, commit the verdicts, then place each file; ``fresh`` holds the digests read in this run."""
+    def finish(self, hashed: list[Hashed], readout: Readout, fresh: set[Hashable],
+               group_of: dict[str, int] | None = None) -> Iterator[Outcome]:
+        """Decide (within ``group_of``'s groups, when given), commit the verdicts, then place each file; ``fresh``
+        holds the digests read in this run."""
         outcomes = judge(self.gate, hashed, readout, self.model)
+        if group_of is not None:
+            passed = {o.input.path for o in outcomes if o.verdict.passed}
+            cull(outcomes, group_of, self.options.best_of_group)
+            self.summary.culled += sum(o.input.path in passed and not o.verdict.passed for o in outcomes)
         for outcome in outcomes:
             self._count(outcome, outcome.digest in fresh)
         self.store.save_results(self.key, [result_row(o, self.gate, self.model) for o in outcomes])
@@ -177,6 +250,8 @@ class FilterRun:
             placeable = outcome.digest is not None and (outcome.verdict.stage != "error" or outcome.verdict.flagged)
             if folder is not None and placeable:
                 self._place(outcome, folder)
+            elif self.metadata is not None and not (self.options.keep or self.options.reject):
+                self.metadata.beside(outcome.input.path, outcome.verdict)  # sidecars only: the source is not touched
             yield outcome
 
     def _count(self, outcome: Outcome, fresh: bool) -> None:
@@ -190,22 +265,21 @@ class FilterRun:
         summary.flagged += verdict.flagged
 
     def _place(self, outcome: Outcome, folder: str) -> None:
-        """Place the file; with ``write_metadata``, its score goes into the copy's XMP, else into a sidecar."""
-        assessment, action = outcome.verdict.assessment, self.options.action
-        fields = xmp_fields(assessment.score, assessment.reasoning, assessment.model) \
-            if self.options.write_metadata and assessment.ok else None
-        inside = fields is not None and action == "copy" and embeddable(outcome.input.path)
+        """Place the file; with ``write_metadata``, its rating goes into the copy's XMP and/or sidecars."""
+        action = self.options.action
+        fields = self.metadata.fields(outcome.verdict) if self.metadata is not None else None
+        inside = fields is not None and self.metadata.embeds(outcome.input.path, action)
         embedded = []
 
         def prepare(part: str) -> None:
             try:
                 embed(part, fields)
                 embedded.append(part)
-            except Exception as exc:  # exiv2 cannot edit this file: the sidecar carries the score instead
-                log.warning("%s: cannot embed XMP (%s); writing a sidecar", outcome.input.path, exc)
+            except Exception as exc:  # exiv2 cannot edit this file: a sidecar carries the score instead (auto)
+                log.warning("%s: cannot embed XMP (%s)", outcome.input.path, exc)
 
         outcome.placed, new = place(self.store, outcome.input.path, outcome.digest, folder, outcome.input.relname,
                                     action, prepare if inside else None)
         self.summary.placed += new
-        if fields is not None and (not inside or new and not embedded):
-            write_sidecar(outcome.placed, fields)
+        if fields is not None:
+            self.metadata.placed(outcome.placed, fields, embedded=bool(embedded) or inside and not new)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..gate import QualityGate
 from ..images import DEFAULT_MAX_PIXELS
 from .fingerprint import file_digest, scoring_config
+from .groups import DEFAULT_DISTANCE, DEFAULT_WINDOW
 
 DEFAULT_STORE = "qponder-results.sqlite"
 
@@ -42,6 +43,8 @@ class FilterOptions:
     report: str | None = None
     export: str | None = None
     model: str | None = None
+    profile: str | None = None
+    gate_file: str | None = None  # where threshold, model, profile, strategy and margin came from, if they did
     backend: str | None = None
     settings: Mapping = field(default_factory=dict)
     strategy: str = "cascade"
@@ -49,12 +52,22 @@ class FilterOptions:
     on_error: str = "reject"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    write_metadata: bool = False
+    write_metadata: str | None = None  # None, or where ratings go: "auto", "embedded", "sidecar", "both"
+    sidecar: str = "darktable"  # sidecar names: "darktable" (NAME.EXT.xmp), "lightroom" (NAME.xmp), "both"
     batch_size: int = 8
     engine: str = "local"
     ray: RayOptions = field(default_factory=RayOptions)
     output: str | None = None
     shard_size: int = 1000
+    groups: bool = False
+    best_of_group: int | None = None  # keep at most this many of each group (implies groups)
+    group_distance: float = DEFAULT_DISTANCE  # the share of perceptual-hash bits that may differ (0-1)
+    group_window: float = DEFAULT_WINDOW  # seconds between the capture times of two photos at most
+
+    @property
+    def grouped(self) -> bool:
+        """Whether near-duplicate groups are formed (``--groups``, or ``--best-of-group``)."""
+        return self.groups or self.best_of_group is not None
 
     @property
     def chunk_size(self) -> int:
@@ -63,10 +76,12 @@ class FilterOptions:
 
     def gate(self) -> QualityGate:
         """The gate these options describe (its model loads on first use)."""
+        profile = {"profile": self.profile} if self.profile else {}
         return QualityGate(self.threshold, model=self.model, backend=self.backend, strategy=self.strategy,
-                           margin=self.margin, on_error=self.on_error, batch_size=self.batch_size, **self.settings)
+                           margin=self.margin, on_error=self.on_error, batch_size=self.batch_size, **profile,
+                           **self.settings)
 
     def scoring_config(self, digest: Callable[[str], str] = file_digest) -> dict:
         """Everything that changes a score under these options: the key of the store's readings."""
-        return scoring_config(self.model, backend=self.backend, max_pixels=DEFAULT_MAX_PIXELS, digest=digest,
-                              settings=self.settings)
+        return scoring_config(self.model, backend=self.backend, profile=self.profile, max_pixels=DEFAULT_MAX_PIXELS,
+                              digest=digest, settings=self.settings)

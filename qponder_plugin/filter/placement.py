@@ -5,6 +5,10 @@ fails when the name exists, so nothing is ever overwritten; a taken name gets a 
 ``link`` hard-links the source (a symlink across file systems). ``move`` links (or copies) into place, records
 the placement, and only then unlinks the source. Each placement is recorded as ``pending`` with its target
 before the file system is touched, and ``done`` after: after a crash, :func:`resume` finishes or redoes it.
+
+A file's sidecars travel with it (:func:`carry_sidecars`): ``NAME.EXT.xmp``, and ``NAME.xmp`` beside a raw file,
+which hold a darktable or Lightroom user's edits. They are copied beside the target (one already there is kept); a
+move unlinks the source's sidecar only once the target's is the same file.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+from ..images import is_raw
 from ..spec import file_digest
 from .store import Placement, ResultStore
 
@@ -62,6 +67,22 @@ def _copy_into(source: str, target: str, prepare: Callable[[str], None] | None =
         os.link(part, target)  # atomic, and never replaces an existing file
     finally:
         os.unlink(part)
+
+
+def sidecars(path: str) -> list[str]:
+    """Where photo managers keep ``path``'s metadata: ``NAME.EXT.xmp`` (darktable, digiKam), and ``NAME.xmp``
+    (Lightroom, Camera Raw) for a raw file."""
+    return [path + ".xmp", *([os.path.splitext(path)[0] + ".xmp"] if is_raw(path) else [])]
+
+
+def carry_sidecars(source: str, target: str) -> None:
+    """Copy ``source``'s existing sidecars to ``target``'s (one already there is kept, never replaced)."""
+    for mine, theirs in zip(sidecars(source), sidecars(target)):
+        if os.path.isfile(mine) and not os.path.lexists(theirs):
+            try:
+                _copy_into(mine, theirs)
+            except FileExistsError:  # made meanwhile: it stays
+                pass
 
 
 def _link_into(source: str, target: str) -> None:
@@ -115,6 +136,7 @@ def place(store: ResultStore, source: str, digest: str, folder: str, relname: st
     except OSError as exc:
         store.drop_placement(source, folder)
         raise PlacementError(f"cannot place {source} into {folder}: {exc.strerror or exc}") from exc
+    carry_sidecars(source, placement.target)
     _finish(store, store.placement(source, folder))
     return placement.target, True
 
@@ -125,10 +147,15 @@ def _finish(store: ResultStore, placement: Placement) -> None:
 
 
 def _release(placement: Placement) -> None:
-    """A move unlinks its source only now that the result and the placed file are both committed."""
+    """A move unlinks its source only now that the result and the placed file are both committed, and each of its
+    sidecars once the target's holds the same."""
     if (placement.action == "move" and os.path.isfile(placement.path) and _holds(placement.target, placement)
             and file_digest(placement.path) == placement.digest):
+        carry_sidecars(placement.path, placement.target)  # again, for a run killed before it did
         os.unlink(placement.path)
+        for mine, theirs in zip(sidecars(placement.path), sidecars(placement.target)):
+            if os.path.isfile(mine) and os.path.isfile(theirs) and file_digest(mine) == file_digest(theirs):
+                os.unlink(mine)
 
 
 def resume(store: ResultStore) -> int:

@@ -5,6 +5,7 @@
 - ``placements``: where each input was placed (``pending`` is written before the file system is touched, ``done``
   after), so a killed run finishes or redoes each placement and never places twice.
 - ``hashes``: content hashes by (path, size, mtime): a rerun reads no file it has hashed before.
+- ``looks``: each content hash's perceptual hash and capture time (``--groups``): a rerun decodes no image again.
 
 Every write is its own committed transaction. :class:`StoredReadings` is the store as a
 :class:`~qponder_plugin.readings.Readings` for one configuration.
@@ -31,17 +32,20 @@ CREATE TABLE IF NOT EXISTS readings (
 CREATE TABLE IF NOT EXISTS results (
     path TEXT NOT NULL, config TEXT NOT NULL, digest TEXT, status TEXT NOT NULL, score REAL, passed INTEGER,
     stage TEXT, flagged INTEGER, note TEXT, mode TEXT, threshold REAL, strategy TEXT, model TEXT, reasoning TEXT,
-    error TEXT, updated REAL NOT NULL, PRIMARY KEY (path, config));
+    error TEXT, updated REAL NOT NULL, group_id INTEGER, PRIMARY KEY (path, config));
 CREATE TABLE IF NOT EXISTS placements (
     path TEXT NOT NULL, folder TEXT NOT NULL, target TEXT NOT NULL, action TEXT NOT NULL, digest TEXT,
     state TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (path, folder));
+CREATE TABLE IF NOT EXISTS looks (
+    digest TEXT NOT NULL, method TEXT NOT NULL, hash BLOB NOT NULL, taken REAL, PRIMARY KEY (digest, method));
 """
-STORE_VERSION = 2  # SQLite's user_version; version 1 named the strategy column "gate" and the action "how"
+STORE_VERSION = 3  # SQLite's user_version; version 1 named the strategy column "gate" and the action "how"
 _RENAMED = (("results", "gate", "strategy"), ("placements", "how", "action"))
+_ADDED = (("results", "group_id", "INTEGER"),)  # version 3: each input's near-duplicate group (--groups)
 RESULT_COLUMNS = ("path", "digest", "status", "score", "passed", "stage", "flagged", "note", "mode", "threshold",
-                  "strategy", "model", "reasoning", "error")
+                  "strategy", "model", "reasoning", "error", "group_id")
 EXPORT_COLUMNS = ("path", "hash", "score", "verdict", "stage", "flagged", "reasoning", "status", "error", "model",
-                  "mode", "threshold", "strategy", "placed")
+                  "mode", "threshold", "strategy", "group", "placed")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,10 @@ class ResultStore:
         for table, old, new in _RENAMED:
             if old in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
                 self.db.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
+        for table, column, kind in _ADDED:
+            present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if present and column not in present:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def __enter__(self) -> ResultStore:
         return self
@@ -129,6 +137,22 @@ class ResultStore:
                 (digest, config, a.mode, a.status, a.score, json.dumps(a.to_dict(), ensure_ascii=False), now)
                 for digest, a in readings.items()])
 
+    def looks(self, digests: Iterable[str], method: str) -> dict[str, tuple[bytes, float | None]]:
+        """``{digest: (hash, capture time)}`` of the ``digests`` whose look under ``method`` is stored."""
+        digests = list(set(digests))
+        found: dict[str, tuple[bytes, float | None]] = {}
+        for begin in range(0, len(digests), 500):
+            part = digests[begin:begin + 500]
+            query = (f"SELECT digest, hash, taken FROM looks WHERE method = ? "
+                     f"AND digest IN ({','.join('?' * len(part))})")
+            found.update((d, (h, t)) for d, h, t in self.db.execute(query, (method, *part)))
+        return found
+
+    def save_looks(self, method: str, looks: dict[str, tuple[bytes, float | None]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO looks VALUES (?, ?, ?, ?)",
+                                [(d, method, h, t) for d, (h, t) in looks.items()])
+
     def save_results(self, config: str, rows: Iterable[dict]) -> None:
         """Rows with the :data:`RESULT_COLUMNS`."""
         now = time.time()
@@ -168,7 +192,7 @@ class ResultStore:
         """The manifest: one dict per result row (every configuration), with where the input was placed."""
         query = """
             SELECT r.path, r.digest, r.score, r.passed, r.stage, r.flagged, r.reasoning, r.status, r.error, r.model,
-                   r.mode, r.threshold, r.strategy,
+                   r.mode, r.threshold, r.strategy, r.group_id,
                    (SELECT group_concat(p.target, ';') FROM placements p WHERE p.path = r.path AND p.state = 'done')
             FROM results r ORDER BY r.path"""
         for row in self.db.execute(query):
