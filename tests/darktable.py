@@ -1,15 +1,32 @@
 """darktable itself, run here: ``darktable-cli`` (no display) develops an image with its sidecar, and the darktable
 application under Xvfb, driven by a Lua script, edits an image so that it writes a sidecar with a history stack.
-Both use a library in memory and a configuration folder of their own. A test that needs a missing tool skips,
+Both use a library in memory and configuration and cache folders of their own (darktable's default cache is
+shared, and two instances wait on each other there). A test that needs a missing tool skips,
 naming it (``scripts/system-packages`` installs them)."""
 
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 TIMEOUT = 180
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    """Run darktable in a process group of its own; on a timeout the whole group (xvfb-run, D-Bus, darktable) is
+    killed, so no instance outlives the test."""
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            out, err = process.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            pytest.fail(f"darktable did not finish in {TIMEOUT} s: {' '.join(args)}\n{out[-2000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
 
 
 def need(*tools: str) -> None:
@@ -25,8 +42,8 @@ def export(image: Path, out: Path, config: Path, sidecar: Path | None = None) ->
 
     need("darktable-cli")
     args = ["darktable-cli", str(image), *([str(sidecar)] if sidecar else []), str(out), "--core", "--library",
-            ":memory:", "--configdir", str(config)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT)
+            ":memory:", "--configdir", str(config), "--cachedir", str(config / "cache")]
+    done = run(args)
     assert done.returncode == 0 and out.is_file(), done.stdout + done.stderr
     with pyexiv2.Image(str(out)) as exported:
         return exported.read_xmp()
@@ -67,7 +84,8 @@ def edit(image: Path, work: Path) -> Path:
     script = work / "edit.lua"
     script.write_text(EDIT.format(image=image, sidecar=sidecar))
     args = ["xvfb-run", "-a", "dbus-run-session", "darktable", "--library", ":memory:", "--configdir",
-            str(work / "config"), "--conf", "write_sidecar_files=on import", "--luacmd", f'dofile("{script}")']
-    done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT)
+            str(work / "config"), "--cachedir", str(work / "cache"), "--conf", "write_sidecar_files=on import",
+            "--luacmd", f'dofile("{script}")']
+    done = run(args)
     assert sidecar.is_file() and "darktable:operation" in sidecar.read_text(), done.stdout[-2000:] + done.stderr[-2000:]
     return sidecar

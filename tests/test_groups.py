@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import ExifTags, Image, ImageEnhance, ImageFilter
+from test_filter_resume import count
 
 from qponder_plugin.cli import build
 from qponder_plugin.filter.groups import BITS, DEFAULT_DISTANCE, Look, group_ids, look, not_best
@@ -225,16 +226,6 @@ def test_best_of_group_keeps_the_sharp_frame_on_the_nano_model(biq2021_sample, t
     assert CliRunner().invoke(build(), ["filter", "--export", str(export), "--store", str(store)]).exit_code == 0
     exported = {Path(r["path"]).name: r["group"] for r in map(json.loads, export.read_text().splitlines())}
     assert exported == {name: rows[name][3] for name in rows}
-
-
-def count(store: Path, query: str) -> int:
-    if not store.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute(query).fetchone()[0]
-    except sqlite3.OperationalError:  # the tables are not created yet
-        return 0
 
 
 @pytest.mark.model
