@@ -88,14 +88,15 @@ def _vision_token_ids(tokenizer) -> dict[str, int]:
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
 
 
-def build_qwen3_processor(tokenizer, side: int, chat_template: str):
-    """The real Qwen3-VL processor (Qwen3.5 uses it too): 16-pixel patches, about ``side`` x ``side`` pixels."""
+def build_qwen3_processor(tokenizer, side: int, chat_template: str, patch_size: int = 16):
+    """The real Qwen3-VL processor (Qwen3.5 uses it too): ``patch_size``-pixel patches (Qwen3-VL's own are 16),
+    about ``side`` x ``side`` pixels."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
     pixels = side * side
-    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, patch_size=16, merge_size=2)
+    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, patch_size=patch_size, merge_size=2)
     return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                            video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2),
+                            video_processor=Qwen3VLVideoProcessor(patch_size=patch_size, merge_size=2),
                             chat_template=chat_template)
 
 

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 
 def rotary_slots(head_dim: int) -> list[int]:
-    """A Qwen2.5-VL vision head's q/k channels, least turned first. Channels c and c + head_dim/2 turn together, at
-    frequency index c mod head_dim/4 (the frequency falls as the index grows), along the height for
-    c mod head_dim/2 < head_dim/4 and along the width otherwise."""
+    """A Qwen2.5-VL or Qwen3-VL vision head's q/k channels (both lay out their 2-D rotary alike), least turned first.
+    Channels c and c + head_dim/2 turn together, at frequency index c mod head_dim/4 (the frequency falls as the index
+    grows), along the height for c mod head_dim/2 < head_dim/4 and along the width otherwise."""
     half, quarter = head_dim // 2, head_dim // 4
     return [channel for index in reversed(range(quarter)) for axis in (0, quarter)
             for channel in (index + axis, index + axis + half)]
@@ -68,21 +68,33 @@ def rebase_heads(qkv_weight, qkv_bias, heads: int, moment=None):
     return rows[:, :-1].contiguous(), rows[:, -1].contiguous()
 
 
-def _qkv_input_moments(dinov2, blocks: int, pixels) -> list:
-    """For each of the first ``blocks`` blocks, the second moment of ``[x, 1]`` over the patch tokens of ``pixels``
-    (RGB in [0, 1]), where x is what the tower's q/k/v projection reads with the rotary angles at zero: the LayerNorm
-    output without its bias, in DINOv2 run on the patch tokens alone."""
+def qkv_input_moments(layers, hidden, *, norm_bias: bool = False) -> list:
+    """For each of DINOv2's ``layers`` run in turn on the tokens ``hidden`` (``[B, N, width]``), the second moment of
+    ``[x, 1]`` over the tokens, where x is what the tower's q/k/v projection reads with the rotary angles at zero: the
+    LayerNorm output; without its bias (which the Qwen2.5-VL tower folds into the projection's) unless ``norm_bias``."""
     import torch
 
     moments = []
     with torch.no_grad():
-        hidden = dinov2.embeddings.patch_embeddings(normalise(pixels, "cpu"))
-        for layer in dinov2.encoder.layer[:blocks]:
-            x = (layer.norm1(hidden) - layer.norm1.bias).flatten(0, 1).double()
+        for layer in layers:
+            x = (layer.norm1(hidden) - (0 if norm_bias else layer.norm1.bias)).flatten(0, 1).double()
             x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
             moments.append(x.T @ x / len(x))
             hidden = layer(hidden)
     return moments
+
+
+def refolded_patch_embedding(source: dict, image_mean, image_std) -> tuple:
+    """DINOv2's patch-embedding weight and bias (from its state dict ``source``) for pixels normalised with
+    ``image_mean`` and ``image_std`` instead of ImageNet's: the same embedding of the same image."""
+    import torch
+
+    patch_weight = source["embeddings.patch_embeddings.projection.weight"]
+    patch_bias = source["embeddings.patch_embeddings.projection.bias"]
+    (ours_mean, ours_std), (their_mean, their_std) = ((torch.tensor(v).view(1, 3, 1, 1) for v in pair)
+                                                      for pair in ((image_mean, image_std), IMAGENET))
+    patch_bias = patch_bias + (patch_weight * (ours_mean - their_mean) / their_std).sum((1, 2, 3))
+    return patch_weight * ours_std / their_std, patch_bias
 
 
 def dinov2_as_qwen_tower(dinov2, blocks: int, image_mean, image_std, calibration=None) -> tuple[dict, dict]:
@@ -99,12 +111,7 @@ def dinov2_as_qwen_tower(dinov2, blocks: int, image_mean, image_std, calibration
     width, inner = config.hidden_size, config.intermediate_size
     centre = torch.eye(width) - 1.0 / width  # removes the mean over channels
 
-    patch_weight = source["embeddings.patch_embeddings.projection.weight"]
-    patch_bias = source["embeddings.patch_embeddings.projection.bias"]
-    (ours_mean, ours_std), (their_mean, their_std) = ((torch.tensor(v).view(1, 3, 1, 1) for v in pair)
-                                                      for pair in ((image_mean, image_std), IMAGENET))
-    patch_bias = patch_bias + (patch_weight * (ours_mean - their_mean) / their_std).sum((1, 2, 3))
-    patch_weight = patch_weight * ours_std / their_std
+    patch_weight, patch_bias = refolded_patch_embedding(source, image_mean, image_std)
     frames = 2  # Qwen2.5-VL's temporal patch: a still image is given twice
     state = {"patch_embed.proj.weight": (centre @ patch_weight.reshape(width, -1)).reshape(patch_weight.shape)
              .unsqueeze(2).repeat(1, 1, frames, 1, 1) / frames}
@@ -116,7 +123,11 @@ def dinov2_as_qwen_tower(dinov2, blocks: int, image_mean, image_std, calibration
                   "blocks.0.mlp.gate_proj.weight": zeros(inner, width), "blocks.0.mlp.gate_proj.bias": zeros(inner),
                   "blocks.0.mlp.up_proj.weight": zeros(inner, width), "blocks.0.mlp.up_proj.bias": zeros(inner),
                   "blocks.0.mlp.down_proj.weight": zeros(width, inner), "blocks.0.mlp.down_proj.bias": zeros(width)})
-    moments = _qkv_input_moments(dinov2, blocks, calibration) if calibration is not None else [None] * blocks
+    moments = [None] * blocks
+    if calibration is not None:
+        with torch.no_grad():
+            patches = dinov2.embeddings.patch_embeddings(normalise(calibration, "cpu"))
+        moments = qkv_input_moments(dinov2.encoder.layer[:blocks], patches)
     for index in range(blocks):
         get = lambda name, index=index: source[f"encoder.layer.{index}.{name}"]  # noqa: E731 - one block's weights
         ours = f"blocks.{index + 1}."
@@ -149,7 +160,7 @@ def _in_tower(name: str) -> bool:
     return ".visual." in f".{name}"
 
 
-def _calibration_pixels(images: Sequence[str], side: int):
+def calibration_pixels(images: Sequence[str], side: int):
     """The readable ones of ``images`` resized to ``side`` x ``side``, as one RGB tensor in [0, 1]."""
     import torch
     from torchvision.transforms import v2
@@ -172,18 +183,33 @@ def transplant_dinov2(checkpoint: str | Path, dinov2, output_dir: str | Path, *,
     """Write ``checkpoint`` to ``output_dir`` with its vision tower replaced by ``dinov2``'s first ``blocks`` blocks
     (see ``dinov2_as_qwen_tower``; its heads re-based on the ``calibration`` image files when given) and a fresh
     merger; the language model and the processor are kept. Returns ``output_dir``."""
-    import torch
-    from qponder_plugin.training.trainers import save_with_card, vision_tower
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
+    image = AutoProcessor.from_pretrained(checkpoint).image_processor
+    pixels = calibration_pixels(calibration, input_side(image)) if calibration else None
+    fields, tower_state = dinov2_as_qwen_tower(dinov2, blocks, image.image_mean, image.image_std, pixels)
+    return replace_tower(checkpoint, output_dir, fields, tower_state, seed)
+
+
+def input_side(image_processor) -> int:
+    """The side of the square image the processor's pixel budget makes."""
     from qponder_plugin.default_plugins.transformers_backend import pixel_budget
 
+    return round(pixel_budget(image_processor) ** 0.5)
+
+
+def replace_tower(checkpoint: str | Path, output_dir: str | Path, fields: dict, tower_state: dict, seed: int) -> Path:
+    """Write ``checkpoint`` to ``output_dir`` with its vision config's ``fields`` set and its vision tower holding
+    ``tower_state``; the tower's mergers, which ``tower_state`` leaves out, start fresh (seeded by ``seed``), and the
+    language model and the processor are kept. Returns ``output_dir``."""
+    import torch
+    from qponder_plugin.training.trainers import is_merger, save_with_card, vision_tower
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
     processor = AutoProcessor.from_pretrained(checkpoint)
-    image = processor.image_processor
-    pixels = _calibration_pixels(calibration, round(pixel_budget(image) ** 0.5)) if calibration else None
-    fields, tower_state = dinov2_as_qwen_tower(dinov2, blocks, image.image_mean, image.image_std, pixels)
-    if fields["patch_size"] != image.patch_size:
-        raise ValueError(f"DINOv2's patches are {fields['patch_size']} px, the processor's {image.patch_size} px")
+    if fields["patch_size"] != processor.image_processor.patch_size:
+        raise ValueError(f"DINOv2's patches are {fields['patch_size']} px, the processor's "
+                         f"{processor.image_processor.patch_size} px")
     config = AutoConfig.from_pretrained(checkpoint)
     for name, value in fields.items():
         setattr(config.vision_config, name, value)
@@ -196,5 +222,5 @@ def transplant_dinov2(checkpoint: str | Path, dinov2, output_dir: str | Path, *,
     if unexpected or not all(map(_in_tower, missing)):
         raise ValueError(f"transplant: the checkpoint does not fit: missing {missing}, unexpected {unexpected}")
     missing, unexpected = vision_tower(model).load_state_dict(tower_state, strict=False)
-    assert not unexpected and all(name.startswith("merger.") for name in missing), (missing, unexpected)
+    assert not unexpected and all(map(is_merger, missing)), (missing, unexpected)
     return save_with_card(model, processor, output_dir, checkpoint)
