@@ -84,10 +84,16 @@ def test_tower_computes_dinov2_blocks_exactly(smoke_model):
 
 def test_rotary_slots_follow_the_towers_turning_rates(smoke_model):
     """The slot order is read off transformers' own rotary embedding: least turned first, pairs turning together."""
+
+    tower, _ = qwen_tower(smoke_model, random_dinov2(1), 1)
+    assert_slots_follow_the_turning_rates(tower)
+
+
+def assert_slots_follow_the_turning_rates(tower) -> None:
+    """``rotary_slots`` orders a 64-channel head of ``tower`` by how far one step along both axes turns it."""
     import torch
     from vision_transplant import rotary_slots
 
-    tower, _ = qwen_tower(smoke_model, random_dinov2(1), 1)
     cos, _ = tower.rotary_pos_emb(torch.zeros(1), torch.tensor([[1, 1]]))  # one step along both axes
     angle = cos[0].clamp(-1, 1).acos()
     slots = rotary_slots(64)

@@ -117,17 +117,10 @@ def test_position_table_is_resampled_as_the_transplant_assumes(dinov2):
 def test_rotary_slots_follow_the_towers_turning_rates(dinov2, pictures):
     """Qwen3-VL lays out its 2-D rotary as Qwen2.5-VL does, so the re-basing's slot order carries over: read off
     transformers' own rotary embedding, least turned first, pairs turning together."""
-    import torch
-    from vision_transplant import rotary_slots
+    from test_nano_vision_transplant import assert_slots_follow_the_turning_rates
 
     tower, _ = transplanted(dinov2, pictures, 1)
-    cos, _ = tower.rotary_pos_emb(torch.zeros(1), torch.tensor([[1, 1]]))  # one step along both axes
-    angle = cos[0].clamp(-1, 1).acos()
-    slots = rotary_slots(64)
-    assert sorted(slots) == list(range(64))
-    assert all(a <= b for a, b in zip(angle[slots], angle[slots][1:]))
-    assert torch.equal(angle[:32], angle[32:])
-    assert angle[slots[0]] < 1e-3 < 0.5 < angle[slots[-1]]
+    assert_slots_follow_the_turning_rates(tower)
 
 
 def test_rebasing_cuts_the_rotary_drift(dinov2, pictures, monkeypatch):
