@@ -77,3 +77,48 @@ def test_shipped_card_keeps_the_recipes_limits_and_variants():
     assert f"## Limits\n\n{LIMITS}\n" in card
     variants = card.split("## Variants tried\n\n")[1].strip().splitlines()
     assert variants == [f"- {variant}" for variant in PHOTO_VARIANTS]
+
+
+def test_nano2_recipe_smoke_run(agiqa_labels, biq2021_sample, tmp_path):
+    """nano 2's recipe (examples/nano/train_nano2.py) end to end: a Qwen3-VL with DINOv2-S's blocks and DeepStack,
+    the vision fine-tune of its last block and mergers only, SFT, a float16 export and its eval on both sets."""
+    import torch
+    from safetensors.torch import load_file
+
+    needs_dinov2()
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "nano" / "train_nano2.py"), "--data",
+                           str(agiqa_labels), "--photos", str(biq2021_sample), "--photos-root",
+                           str(biq2021_sample.parent / "images"), "--out", str(tmp_path), "--smoke",
+                           "--tune-blocks", "1"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["timings_s"]) == ["distill", "init", "vision-tune", "sft", "export", "eval"]
+    for label in ("agiqa-3k-val", "photos-test"):
+        assert json.loads((tmp_path / "eval" / f"{label}.json").read_text())["counts"]["total"] == 8
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3VLForConditionalGeneration"]
+    init, tuned = load_file(tmp_path / "init" / "model.safetensors"), load_file(tmp_path / "tune" / "model.safetensors")
+    frozen = [key for key in init if key.startswith(("model.visual.blocks.0.", "model.visual.patch_embed",
+                                                      "model.visual.pos_embed"))]
+    trained = [key for key in init if key.startswith(("model.visual.blocks.1.", "model.visual.merger",
+                                                       "model.visual.deepstack_merger_list"))]
+    assert frozen and trained
+    assert all(torch.equal(init[key], tuned[key]) for key in frozen)
+    matrices = [key for key in trained if key.endswith("weight") and "norm" not in key]  # one clipped step may
+    assert matrices and all(not torch.equal(init[key], tuned[key]) for key in matrices)  # leave a norm in its ulp
+    training = (tmp_path / "sft" / "training_log.json").read_text()
+    assert "loss" in training
+
+
+def test_level_answers_keep_the_score_as_their_mean():
+    """Stochastic rounding of the answer: each draw is a whole level next to the score, and the draws average to it."""
+    import random
+
+    from train_nano2 import level_answer
+
+    rng = random.Random(0)
+    for score in (1.0, 2.35, 3.5, 4.92):
+        answers = [level_answer(f"<think>ok</think><answer>{score:.2f}</answer>", rng) for _ in range(4000)]
+        levels = [int(answer.removeprefix("<think>ok</think><answer>").removesuffix("</answer>")) for answer in answers]
+        assert set(levels) <= {int(score), int(score) + 1}
+        assert abs(sum(levels) / len(levels) - score) < 0.03

@@ -77,7 +77,12 @@ def calibration_images(data: Path | None, photos: Sequence[Path], count: int) ->
         sets.append([str(r.image) for path in photos for r in read_mos(path, score_range=(0.0, 1.0))
                      if r.split == "train"])
     share = count // max(1, len(sets))
-    return [image for images in sets for image in images[::max(1, len(images) // max(1, share))][:share]]
+    return [image for images in sets for image in spread(images, share)]
+
+
+def spread(items: Sequence, count: int) -> list:
+    """``count`` of ``items`` (all when fewer), taken at an even stride."""
+    return list(items[::max(1, len(items) // max(1, count))][:count])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,8 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
                 score_weight: float = 1.0, epochs: float = 10, batch_size: int = 32, learning_rate: float = 1e-3,
                 fresh_learning_rate: float | None = None, bf16: bool = False, seed: int = 0,
                 sets: Sequence[int] | None = None, weights: Sequence[float] | None = None,
-                probe: dict[str, tuple[list[str], list[float]]] | None = None, log_every: int = 10) -> Path:
+                probe: dict[str, tuple[list[str], list[float]]] | None = None, last_blocks: int | None = None,
+                log_every: int = 10) -> Path:
     """Fine-tune the vision tower of ``checkpoint`` on ``scores`` (one MOS per image); write the whole model to
     ``output_dir``.
 
@@ -38,9 +39,11 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
     available. ``sets`` (one id per image) standardises the MOS within each set, for sets rated on different scales or
     by different panels; by default, all images are one set. Without ``weights``, each epoch visits every image once;
     with them (one per image), each batch draws images with replacement in proportion to their weights, for ``epochs``
-    times as many image-steps as images. ``probe`` maps a name to held-out ``(images, scores)``: after training, the
-    head reads the whole image (no crop) and the SRCC of each set goes to ``tune_probe.json``. Returns ``output_dir``;
-    the per-step losses (total and MOS) go to ``tune_log.json``.
+    times as many image-steps as images. ``last_blocks`` trains only the tower's last blocks (and the mergers); the
+    patch embedding and the earlier blocks stay frozen, and no gradient is computed through them. ``probe`` maps a
+    name to held-out ``(images, scores)``: after training, the head reads the whole image (no crop) and the SRCC of
+    each set goes to ``tune_probe.json``. Returns ``output_dir``; the per-step losses (total and MOS) go to
+    ``tune_log.json``.
     """
     import torch
     import torch.nn.functional as F
@@ -74,6 +77,11 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
     mos = mos.to(device)
     score_head = torch.nn.Linear(model.config.vision_config.out_hidden_size, 1).to(device)
     blocks, merger = tower_parts(tower)
+    if last_blocks is not None:
+        trained = {id(p) for block in tower.blocks[len(tower.blocks) - last_blocks:] for p in block.parameters()}
+        for parameter in blocks:
+            parameter.requires_grad = id(parameter) in trained
+        blocks = [p for p in blocks if p.requires_grad]
     groups = [{"params": blocks, "lr": learning_rate},
               {"params": merger + list(score_head.parameters()),
                "lr": learning_rate if fresh_learning_rate is None else fresh_learning_rate}]
@@ -125,9 +133,10 @@ def tune_vision(checkpoint: str | Path, images: Sequence[str], scores: Sequence[
 
 
 def _pooled(tower, processor, pictures: list, device: str):
-    """The mean of the tower's output tokens for each picture (all of one size)."""
+    """The mean of the tower's output tokens for each picture (all of one size), DeepStack mergers' added."""
     inputs = processor.image_processor(images=pictures, return_tensors="pt").to(device)
-    tokens = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+    output = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    tokens = sum(getattr(output, "deepstack_features", None) or [], output.pooler_output)
     return tokens.reshape(len(pictures), -1, tokens.shape[-1]).mean(1)
 
 
