@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytestmark = [pytest.mark.model, pytest.mark.train]
 
@@ -111,14 +112,19 @@ def test_nano2_recipe_smoke_run(agiqa_labels, biq2021_sample, tmp_path):
 
 
 def test_level_answers_keep_the_score_as_their_mean():
-    """Stochastic rounding of the answer: each draw is a whole level next to the score, and the draws average to it."""
+    """Stochastic rounding of the answer: each draw is a whole level next to the score, and the draws average to it.
+    The teacher's verdict leaves the reasoning; its findings stay."""
     import random
 
+    from qponder_plugin.training.describer import describe, measure
     from train_nano2 import level_answer
 
     rng = random.Random(0)
     for score in (1.0, 2.35, 3.5, 4.92):
-        answers = [level_answer(f"<think>ok</think><answer>{score:.2f}</answer>", rng) for _ in range(4000)]
-        levels = [int(answer.removeprefix("<think>ok</think><answer>").removesuffix("</answer>")) for answer in answers]
+        text = describe(measure(Image.new("RGB", (64, 64), (90, 120, 150))), score, rng)
+        answers = [level_answer(text, rng) for _ in range(4000)]
+        assert "Overall" in text and not any("Overall" in answer for answer in answers)
+        assert all(answer.startswith(text.split(" Overall")[0] + "</think><answer>") for answer in answers)
+        levels = [int(answer.split("<answer>")[1].removesuffix("</answer>")) for answer in answers]
         assert set(levels) <= {int(score), int(score) + 1}
         assert abs(sum(levels) / len(levels) - score) < 0.03

@@ -9,7 +9,8 @@ of the exported weights on AGIQA-3K ``val`` and the photos' test rows (BIQ2021's
 
 The answer is a whole level, 1 to 5, drawn for each training text by stochastic rounding of the MOS (3.3 is 3 seven
 times in ten and 4 three times), so the trained next-token distribution over the digits has the MOS as its mean: the
-library reads the score as that expectation, which spreads over the scale instead of settling on a few values.
+library reads the score as that expectation. The reasoning keeps the teacher's findings but not its verdict ("Overall
+the quality is fair."): decoded greedily before the answer, a verdict puts every score in one of its five bands.
 
     git clone https://github.com/nisarahmedrana/BIQ2021 ../BIQ2021     # 12,000 photos with MOS, 424 MB
     .venv/bin/python examples/nano/train_nano2.py --data ../shared/data/agiqa-3k/labels.csv --out runs/nano2 \
@@ -36,20 +37,22 @@ from qponder_plugin import load_scorer
 from qponder_plugin.spec import NANO
 
 ANSWER = re.compile(r"<answer>\s*([-+]?\d+(?:\.\d+)?)\s*</answer>")
+VERDICT = re.compile(r"\s*Overall the quality is [^.<]*\.")  # the measured teacher's last sentence
 
 SIZES = {"nano2": {**NANO2, "side": 336},
          "smoke": dict(hidden=128, layers=2, blocks=2, deepstack=(1,), side=112)}
 
 
 def level_answer(completion: str, rng: random.Random) -> str:
-    """``completion`` with its answer stochastically rounded to a whole level: 3.3 becomes 3 with probability 0.7 and
-    4 with 0.3, so that the level's expectation is the answer."""
+    """``completion`` without the teacher's verdict, its answer stochastically rounded to a whole level: 3.3 becomes 3
+    with probability 0.7 and 4 with 0.3, so that the level's expectation is the answer. A verdict decoded before the
+    answer would bin every score into its five bands (the answer then follows the verdict, not the image)."""
     def rounded(match: re.Match) -> str:
         value = float(match.group(1))
         low = math.floor(value)
         return f"<answer>{low + (rng.random() < value - low)}</answer>"
 
-    return ANSWER.sub(rounded, completion)
+    return ANSWER.sub(rounded, VERDICT.sub("", completion))
 
 
 def fullest_bin(report: dict) -> float:
