@@ -4,7 +4,7 @@ tower transplanted from DINOv2-S (``vision_transplant_qwen3``), saved as a stand
 loads (ModelSpec family ``qwen3-vl``). The language model and the mergers are untrained: training is the recipe's.
 By default it reuses the bundled nano's tokenizer (its vocabulary and chat template).
 
-    .venv/bin/python examples/nano/nano2.py DIR [--blocks 12] [--deepstack 4 8] [--side 448] \
+    .venv/bin/python examples/nano/nano2.py DIR [--blocks 12] [--deepstack 4 8] [--side 336] \
         [--data ../shared/data/agiqa-3k/labels.csv --photos "../BIQ2021/Train (Images and MOS).csv"]
 """
 
@@ -23,9 +23,9 @@ from vision_transplant_qwen3 import transplant_dinov2_qwen3
 from qponder_plugin.default_plugins.profiles import QPONDER
 from qponder_plugin.spec import MODEL_CARD, NANO
 
-# The language model is nano's (hidden 256, 4 layers of 4 heads of 64); the tower's shape is measured in
-# docs/nano-recipe.md ("nano 2's tower").
-NANO2 = dict(hidden=256, layers=4, blocks=12, deepstack=(4, 8), side=448)
+# The language model is nano's (hidden 256, 4 layers of 4 heads of 64); the tower's shape and input side are measured
+# in docs/nano-recipe.md ("nano 2's tower").
+NANO2 = dict(hidden=256, layers=4, blocks=12, deepstack=(4, 8), side=336)
 
 
 def init_nano2(out: str | Path, tokenizer, *, side: int, hidden: int, layers: int, seed: int = 0) -> Path:

@@ -39,7 +39,7 @@ from qponder_plugin.spec import NANO
 ANSWER = re.compile(r"<answer>\s*([-+]?\d+(?:\.\d+)?)\s*</answer>")
 VERDICT = re.compile(r"\s*Overall the quality is [^.<]*\.")  # the measured teacher's last sentence
 
-SIZES = {"nano2": {**NANO2, "side": 336},
+SIZES = {"nano2": NANO2,
          "smoke": dict(hidden=128, layers=2, blocks=2, deepstack=(1,), side=112)}
 
 
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photos-root", type=Path, help="the folder the photo paths are relative to")
     parser.add_argument("--out", type=Path, default=Path("runs/nano2"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--side", type=int, help="the input side in pixels, a multiple of 28 (default 336)")
+    parser.add_argument("--side", type=int,
+                        help=f"the input side in pixels, a multiple of 28 (default {NANO2['side']})")
     parser.add_argument("--sft-photos", type=int, default=2000,
                         help="train photos (a seeded sample) distilled and in the SFT, beside every AGIQA-3K image")
     parser.add_argument("--tune-steps", type=int, default=200, help="vision fine-tune steps of 32 images")
@@ -147,8 +148,8 @@ def main(argv: list[str] | None = None) -> None:
             dataset = concatenate_datasets([  # reasoning, and the bare answer, each with a level drawn of its own
                 to_dataset(records, with_completion=[level_answer(t, rng) for t in texts]),
                 to_dataset(records, think=False,
-                           with_completion=[level_answer(re.search(r"<answer>.*?</answer>", t, re.S).group(), rng)
-                                            for t in texts])]).shuffle(seed=args.seed)
+                           with_completion=[level_answer(ANSWER.search(t).group(), rng) for t in texts])
+            ]).shuffle(seed=args.seed)
             sft_args = {"num_train_epochs": args.sft_epochs, "learning_rate": 1e-3, "lr_scheduler_type": "cosine",
                         "per_device_train_batch_size": args.batch_size, "warmup_steps": 0.05, "logging_steps": 20,
                         "seed": args.seed, **({"max_steps": 2, "logging_steps": 1} if args.smoke else {})}
