@@ -87,13 +87,21 @@ def test_nano2_recipe_smoke_run(agiqa_labels, biq2021_sample, tmp_path):
     from safetensors.torch import load_file
 
     needs_dinov2()
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "nano" / "train_nano2.py"), "--data",
-                           str(agiqa_labels), "--photos", str(biq2021_sample), "--photos-root",
-                           str(biq2021_sample.parent / "images"), "--out", str(tmp_path), "--smoke",
-                           "--tune-blocks", "1"], capture_output=True, text=True, timeout=900)
+    command = [sys.executable, str(ROOT / "examples" / "nano" / "train_nano2.py"), "--data", str(agiqa_labels),
+               "--photos", str(biq2021_sample), "--photos-root", str(biq2021_sample.parent / "images"), "--out",
+               str(tmp_path), "--smoke", "--tune-blocks", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert list(summary["timings_s"]) == ["distill", "init", "vision-tune", "sft", "export", "eval"]
+    assert list(summary["timings_s"]) == ["distill", "init", "vision-tune", "sft", "export", "eval", "model-card"]
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "# qponder-nano 2" in card and "Qwen3VLForConditionalGeneration" in card and "## Variants tried" in card
+    assert "photos test, exported float16 weights" in card and "the vision fine-tune's temporary head" in card
+    weights = (tmp_path / "export" / "model.safetensors").read_bytes()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[init]" not in resumed.stdout and "[sft]" not in resumed.stdout and "[eval]" not in resumed.stdout
+    assert (tmp_path / "export" / "model.safetensors").read_bytes() == weights  # the card alone was written again
     for label in ("agiqa-3k-val", "photos-test"):
         assert json.loads((tmp_path / "eval" / f"{label}.json").read_text())["counts"]["total"] == 8
     config = json.loads((tmp_path / "export" / "config.json").read_text())

@@ -140,12 +140,17 @@ LIMITS = ("Small, and trained on a CPU (the data are below). Its reasoning resta
           "and a well-formed test model, not a substitute for 7B reasoning scorers such as VisualQuality-R1-7B.")
 
 
-def describe_nano(checkpoint: Path, timings: dict, n_val: int, origin: str, photos: bool) -> str:
-    """The model card's opening: what it is, its size, and its measured CPU speed."""
+def parameter_count(checkpoint: Path) -> int:
+    """The number of weights in ``checkpoint``'s safetensors file, read from its header."""
     from safetensors import safe_open
 
     with safe_open(str(checkpoint / "model.safetensors"), "pt") as weights:
-        count = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+        return sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+
+
+def describe_nano(checkpoint: Path, timings: dict, n_val: int, origin: str, photos: bool) -> str:
+    """The model card's opening: what it is, its size, and its measured CPU speed."""
+    count = parameter_count(checkpoint)
     speed = f"{timings['eval-export'] / n_val:.3f} s/image with reasoning"
     if "eval-grpo-nothink" in timings:
         speed += f", {timings['eval-grpo-nothink'] / n_val:.3f} s/image with `--no-think`"
