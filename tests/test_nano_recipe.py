@@ -94,6 +94,9 @@ def test_nano2_recipe_smoke_run(agiqa_labels, biq2021_sample, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert list(summary["timings_s"]) == ["distill", "init", "vision-tune", "sft", "export", "eval", "model-card"]
+    distilled = (tmp_path / "distill.jsonl").read_text()
+    shapes = sorted((tmp_path / "shapes").iterdir())
+    assert [p.suffix for p in shapes] == [".jpg"] and str(shapes[0]) in distilled  # 4 % of 24 images: one
     card = (tmp_path / "export" / "README.md").read_text()
     assert "# qponder-nano 2" in card and "Qwen3VLForConditionalGeneration" in card and "## Variants tried" in card
     assert "photos test, exported float16 weights" in card and "the vision fine-tune's temporary head" in card

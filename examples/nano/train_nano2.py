@@ -4,8 +4,9 @@ Stages (each timed): distill (the ``measured`` teacher, on AGIQA-3K's train imag
 photos) → init (``nano2.py``: nano's language model size and tokenizer, and DINOv2-S's 12 blocks carried exactly
 into a Qwen3-VL tower whose DeepStack mergers read blocks 4 and 8) → vision fine-tune (``vision_tune.py``: the
 mergers and the tower's last blocks on the MOS of both sets, half the draws photos; the earlier blocks stay DINOv2's)
-→ SFT (the language model, one epoch of reasoning and of bare answers; the tower frozen) → export (float16) → eval
-of the exported weights on AGIQA-3K ``val`` and the photos' test rows (BIQ2021's official test split).
+→ SFT (the language model, one epoch of reasoning and of bare answers, a few of its images also squeezed into
+panoramas and towers; the tower frozen) → export (float16) → eval of the exported weights on AGIQA-3K ``val`` and the
+photos' test rows (BIQ2021's official test split) → the model card.
 
 The answer is a whole level, 1 to 5, drawn for each training text by stochastic rounding of the MOS (3.3 is 3 seven
 times in ten and 4 three times), so the trained next-token distribution over the digits has the MOS as its mean: the
@@ -23,9 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 # the recipe's own modules, beside this script
@@ -78,6 +81,30 @@ def level_answer(completion: str, rng: random.Random) -> str:
     return ANSWER.sub(rounded, VERDICT.sub("", completion))
 
 
+def extreme_shapes(records: list, folder: Path, share: float, seed: int) -> list:
+    """A seeded ``share`` of ``records`` squeezed into panoramas and towers (8:1 to 130:1, alternately wide and tall,
+    the long side 1,000 to 4,000 pixels), written once to ``folder``; each keeps its image's MOS. A language model that
+    has only seen near-square token grids can lose the answer's tags on an 8000 x 60 image."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    chosen = rng.sample(records, max(1, round(share * len(records)))) if share > 0 else []
+    folder.mkdir(parents=True, exist_ok=True)
+    squeezed = []
+    for i, record in enumerate(chosen):
+        long, aspect = rng.randint(1000, 4000), math.exp(rng.uniform(math.log(8), math.log(130)))
+        wide = (long, max(16, round(long / aspect)))
+        size = wide if i % 2 == 0 else wide[::-1]
+        path = folder / f"{Path(record.image).stem}-{size[0]}x{size[1]}.jpg"
+        if not path.is_file():  # written whole, then renamed: a killed run leaves no truncated file behind
+            with Image.open(record.image) as image:
+                image.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(path.with_suffix(".part"), "JPEG",
+                                                                                   quality=95)
+            os.replace(path.with_suffix(".part"), path)
+        squeezed.append(replace(record, image=str(path)))
+    return squeezed
+
+
 def fullest_bin(report: dict) -> float:
     """The share of an eval's scored images in its fullest 0.1-wide score bin: near 1 when the scores sit on a few
     values."""
@@ -120,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"the input side in pixels, a multiple of 28 (default {NANO2['side']})")
     parser.add_argument("--sft-photos", type=int, default=2000,
                         help="train photos (a seeded sample) distilled and in the SFT, beside every AGIQA-3K image")
+    parser.add_argument("--shape-share", type=float, default=0.04,
+                        help="the share of the SFT's images also shown squeezed into a panorama or a tower")
     parser.add_argument("--tune-steps", type=int, default=200, help="vision fine-tune steps of 32 images")
     parser.add_argument("--tune-blocks", type=int, default=4, help="the tower's last blocks the fine-tune trains")
     parser.add_argument("--tune-lr", type=float, default=2e-5, help="the fine-tune's rate for those blocks")
@@ -160,8 +189,9 @@ def main(argv: list[str] | None = None) -> None:
         made.add(name)
         return False
 
+    shapes = extreme_shapes(train + photo_sft, out / "shapes", args.shape_share, args.seed)
     with stage("distill", timings):  # resumable on its own: it appends to the JSONL
-        print(vars(distill(MeasuredTeacher(), train + photo_sft, out / "distill.jsonl", tolerance=0.01,
+        print(vars(distill(MeasuredTeacher(), train + photo_sft + shapes, out / "distill.jsonl", tolerance=0.01,
                            max_pixels=size["side"] ** 2)))
     by_image = {row["image"]: row["completion"] for row in read_distilled(out / "distill.jsonl")}
     if not done("init"):
@@ -187,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
                 "seed": args.seed, **({"max_steps": 2, "logging_steps": 1} if args.smoke else {})}
     if not done("sft"):
         with stage("sft", timings):
-            records = [r for r in train + photo_sft if str(r.image) in by_image]
+            records = [r for r in train + photo_sft + shapes if str(r.image) in by_image]
             texts = [by_image[str(r.image)] for r in records]
             dataset = concatenate_datasets([  # reasoning, and the bare answer, each with a level drawn of its own
                 to_dataset(records, with_completion=[level_answer(t, rng) for t in texts]),
@@ -223,13 +253,15 @@ def main(argv: list[str] | None = None) -> None:
                          f"{len({r.group for r in val})} other prompts. Photos "
                          f"({', '.join(f'`{p.name}`' for p in args.photos)}): all {len(photo_train)} train photos in "
                          f"the vision fine-tune ({args.photo_share:.0%} of its draws), {len(photo_sft)} of them in "
-                         f"the SFT; reported on {len(photo_test)} test photos"),
+                         f"the SFT; reported on {len(photo_test)} test photos. In the SFT too: {len(shapes)} of those "
+                         "images squeezed into panoramas and towers (8:1 to 130:1), with their MOS"),
                 "settings": {"size": size, "export_dtype": args.export_dtype,
                              "vision_tune": {"steps": args.tune_steps, "batch_size": 32,
                                              "last_blocks": args.tune_blocks, "learning_rate": args.tune_lr,
                                              "fresh_learning_rate": args.tune_fresh_lr,
                                              "photo_share": args.photo_share, "targets": "MOS standardised per set"},
-                             "sft": {**sft_args, "photos": len(photo_sft), "vision_tower": "frozen",
+                             "sft": {**sft_args, "photos": len(photo_sft), "extreme_shapes": len(shapes),
+                                     "vision_tower": "frozen",
                                      "answers": "whole levels, the MOS stochastically rounded; no verdict"},
                              "seed": args.seed},
                 "metrics": {**{f"{label}, exported {args.export_dtype} weights": reports[label] for label in sets},
