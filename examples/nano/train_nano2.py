@@ -58,6 +58,9 @@ NANO2_VARIANTS = [
     "The reasoning with the teacher's verdict kept before the answer (\"Overall the quality is fair.\"): AGIQA-3K val "
     "0.777, BIQ2021 test 0.668 (PLCC 0.846 / 0.721), with 27.4 % and 34.9 % of the scores in one 0.1 bin: the answer "
     "followed the verdict's five bands.",
+    "The SFT without squeezed images (`--shape-share 0`): AGIQA-3K val 0.777, BIQ2021 test 0.678 (PLCC 0.854 / "
+    "0.756), but of 20 val images squeezed to 8000 x 60 and to 60 x 8000 only 35 of 40 answers were well-formed: "
+    "the others lost the `<answer>` tag.",
     "A linear readout of the fine-tuned tower instead of the language model (the fine-tune's temporary head): "
     "AGIQA-3K val 0.736, BIQ2021 test 0.720; better on photos, worse on AI-generated images, and no reasoning.",
     "The tower at 224 pixels instead of 336, untrained, as a linear probe fit on both sets: 0.742 / 0.693 against "
