@@ -358,18 +358,17 @@ def cut_of(mos: np.ndarray, quantile: float) -> float:
 @pytest.mark.model
 @pytest.mark.slow
 @needs_nano
-@pytest.mark.parametrize("folder, split, quantile, expect", [
-    ("agiqa-3k", "val", 0.5, "no worse"),
-    ("agiqa-3k", "val", 2 / 3, "beats"),
-    ("biq2021-sample", None, 0.5, "beats"),
+@pytest.mark.parametrize("folder, split, quantile", [
+    ("agiqa-3k", "val", 0.5),
+    ("agiqa-3k", "val", 2 / 3),
+    ("biq2021-sample", None, 0.5),
 ], ids=["agiqa-3k-val-median", "agiqa-3k-val-top-third", "biq2021-sample-median"])
-def test_a_threshold_calibrated_on_one_half_holds_on_the_other(folder, split, quantile, expect, nano_store, tmp_path,
+def test_a_threshold_calibrated_on_one_half_holds_on_the_other(folder, split, quantile, nano_store, tmp_path,
                                                               request):
     """Good = MOS at least the calibration half's median (the command's default) or its upper third (a stricter
-    standard, given as --mos-cut). The nano model learnt AGIQA-3K's MOS scale, so on AGIQA the default 3.0 already
-    sits at the median cut's best threshold and a calibration can only tie it; on BIQ2021's photos, and for a
-    stricter standard, the default is off and the calibrated threshold beats it. One split is noisy (a few dozen
-    images decide it), so the claims are checked over SPLITS seeded half splits."""
+    standard, given as --mos-cut). The bundled model scores most images of both sets above the default 3.0, so on
+    each set and standard the calibrated threshold beats the default. One split is noisy (a few dozen images decide
+    it), so the claims are checked over SPLITS seeded half splits."""
     labels_csv = request.getfixturevalue({"agiqa-3k": "agiqa_labels", "biq2021-sample": "biq2021_sample"}[folder])
     labels = read_labels(labels_csv, split=split).labels
     mos = np.array([label.value for label in labels])
@@ -408,9 +407,7 @@ def test_a_threshold_calibrated_on_one_half_holds_on_the_other(folder, split, qu
           f"{judged['balanced_accuracy']:.3f}, default {judged['default_balanced_accuracy']:.3f}, AUC "
           f"{judged['auc']:.3f}; over {SPLITS} seeded splits, held-out gain over the default: mean "
           f"{gains.mean():+.4f}, better in {(gains > 0).sum()}, worse in {(gains < 0).sum()}")
-    assert gains.mean() > -0.01  # calibrating never costs more than noise
-    if expect == "beats":
-        assert gains.mean() > 0 and (gains > 0).sum() > SPLITS / 2
+    assert gains.mean() > 0 and (gains > 0).sum() > SPLITS / 2
 
 
 @pytest.mark.model

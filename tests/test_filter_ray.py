@@ -1,8 +1,8 @@
-"""`qponder filter --engine ray` on a local Ray cluster (2 CPUs, started once for the session) with the tiny model:
+"""`qponder filter --engine ray` on a local Ray cluster (2 CPUs, started once for the session) with the bundled model:
 the same verdicts as the local engine row for row, into the store and into parquet shards; a broken file is a row;
 a rerun scores nothing; a run killed with SIGKILL resumes without losing or repeating a finished shard; a WebDataset
 tar shard and a table of URLs are inputs; a failing backend gives error rows, and a dead worker is restarted, none
-dropped. The model is the bundled nano one: nothing to build, and each actor starts in 10-13 s."""
+dropped. The model is the bundled nano one: nothing to build."""
 
 import hashlib
 import io

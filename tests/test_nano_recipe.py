@@ -107,6 +107,7 @@ def test_nano2_recipe_smoke_run(agiqa_labels, biq2021_sample, tmp_path):
     assert (tmp_path / "export" / "model.safetensors").read_bytes() == weights  # the card alone was written again
     for label in ("agiqa-3k-val", "photos-test"):
         assert json.loads((tmp_path / "eval" / f"{label}.json").read_text())["counts"]["total"] == 8
+    assert summary["extreme_shapes"]["images"] == 16  # the 8 val images, squeezed both ways
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["architectures"] == ["Qwen3VLForConditionalGeneration"]
     init, tuned = load_file(tmp_path / "init" / "model.safetensors"), load_file(tmp_path / "tune" / "model.safetensors")
