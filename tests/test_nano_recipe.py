@@ -70,14 +70,15 @@ def test_recipe_smoke_run(agiqa_labels, biq2021_sample, tmp_path):
 
 
 def test_shipped_card_keeps_the_recipes_limits_and_variants():
-    """The bundled model card carries the recipe's Limits and its list of variants tried, word for word: the card
-    is edited by hand when a variant is measured after the weights were made."""
-    from train_nano import LIMITS, PHOTO_VARIANTS
+    """The bundled model card carries nano 2's recipe's Limits and its list of variants tried, word for word: a
+    variant measured after the weights were made reaches the card by rerunning the recipe with --resume."""
+    from nano2 import NANO2
+    from train_nano2 import LIMITS, NANO2_VARIANTS
 
     card = (ROOT / "qponder_plugin" / "nano" / "README.md").read_text()
-    assert f"## Limits\n\n{LIMITS}\n" in card
+    assert f"## Limits\n\n{LIMITS.format(side=NANO2['side'])}\n" in card
     variants = card.split("## Variants tried\n\n")[1].strip().splitlines()
-    assert variants == [f"- {variant}" for variant in PHOTO_VARIANTS]
+    assert variants == [f"- {variant}" for variant in NANO2_VARIANTS]
 
 
 def test_nano2_recipe_smoke_run(agiqa_labels, biq2021_sample, tmp_path):
