@@ -142,9 +142,10 @@ FINDINGS = {
         (lambda m: True, ["No blocking or compression artifacts stand out.", "Artifacts: none obvious."]),
     ],
 }
-_VERDICTS = [(1.8, "Overall the quality is very poor."), (2.6, "Overall the quality is poor."),
-             (3.4, "Overall the quality is fair."), (4.2, "Overall the quality is good."),
-             (5.01, "Overall the quality is excellent.")]
+# The reasoning's last sentence, by the MOS's upper bound (a recipe that trains without it removes these sentences).
+VERDICTS = [(1.8, "Overall the quality is very poor."), (2.6, "Overall the quality is poor."),
+            (3.4, "Overall the quality is fair."), (4.2, "Overall the quality is good."),
+            (5.01, "Overall the quality is excellent.")]
 
 
 def findings(measurements: Measurements) -> dict[str, int]:
@@ -163,7 +164,7 @@ def describe(measurements: Measurements, mos: float, rng: random.Random) -> str:
     """Reasoning from the measurements, ending in ``mos`` (1–5) in the qponder answer format."""
     found = findings(measurements)
     statements = [rng.choice(rules[found[aspect]][1]) for aspect, rules in FINDINGS.items()]
-    verdict = next(text for bound, text in _VERDICTS if mos < bound)
+    verdict = next(text for bound, text in VERDICTS if mos < bound)
     return f"<think>{' '.join(statements)} {verdict}</think><answer>{mos:.2f}</answer>"
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 # the recipe's own modules, beside this script
 from nano2 import NANO2, build_nano2, spread
+from qponder_plugin.training.describer import VERDICTS
 from train_nano import parameter_count, stage, summarise
 from vision_tune import tune_vision
 
@@ -40,7 +41,7 @@ from qponder_plugin import load_scorer
 from qponder_plugin.spec import NANO
 
 ANSWER = re.compile(r"<answer>\s*([-+]?\d+(?:\.\d+)?)\s*</answer>")
-VERDICT = re.compile(r"\s*Overall the quality is [^.<]*\.")  # the measured teacher's last sentence
+VERDICT = re.compile("|".join(r"\s*" + re.escape(text) for _, text in VERDICTS))  # the teacher's last sentence
 
 SIZES = {"nano2": NANO2,
          "smoke": dict(hidden=128, layers=2, blocks=2, deepstack=(1,), side=112)}
