@@ -34,7 +34,7 @@ from pathlib import Path
 # the recipe's own modules, beside this script
 from nano2 import NANO2, build_nano2, spread
 from qponder_plugin.training.describer import VERDICTS
-from train_nano import parameter_count, stage, summarise
+from train_nano import parameter_count, share_weights, stage, summarise
 from vision_tune import tune_vision
 
 from qponder_plugin import load_scorer
@@ -232,10 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     if not done("tune"):
         with stage("vision-tune", timings):
             records = train + photo_train
-            share = [(1 - args.photo_share) / len(train)] * len(train) + [args.photo_share / len(photo_train)] * len(
-                photo_train)
             tune_vision(out / "init", [str(r.image) for r in records], [r.mos for r in records], out / "tune",
-                        sets=[0] * len(train) + [1] * len(photo_train), weights=share,
+                        sets=[0] * len(train) + [1] * len(photo_train),
+                        weights=share_weights(len(train), len(photo_train), args.photo_share),
                         epochs=tune_steps * 32 / len(records), batch_size=32,
                         learning_rate=args.tune_lr, fresh_learning_rate=args.tune_fresh_lr,
                         last_blocks=args.tune_blocks, seed=args.seed,
