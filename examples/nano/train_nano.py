@@ -35,7 +35,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-# the recipe's own modules, beside this script
+# the recipe's own modules, beside this script, and the training wing
 from builders import CHAT_TEMPLATE, build_config, build_processor, build_tokenizer
 from dinov2 import load_dinov2
 from qponder_plugin.training.data import read_mos, to_dataset

@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-# the recipe's own modules, beside this script
+# the recipe's own modules, beside this script, and the training wing
 from nano2 import NANO2, build_nano2, spread
 from qponder_plugin.training.describer import VERDICTS
 from train_nano import parameter_count, share_weights, stage, summarise
